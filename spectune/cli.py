@@ -1,0 +1,152 @@
+"""The `spectune` command. Its flags are generated from the typed configs in `config.py`.
+
+Every sub-command takes `--config FILE.yaml` too; flags given on the command line win over the
+file. A user's mistake ends in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import typing
+from collections.abc import Callable
+from typing import Literal
+
+from . import __version__
+from .config import GenerateConfig, ListConfig, PrepareConfig, build, coerce_values, fields_of, load_yaml
+from .errors import SpectuneError, report
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its usage errors are ours: one line, exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise SpectuneError(f"{message} (see '{self.prog} --help')")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per documented field of `cls`; defaults are SUPPRESSed so we know what was given."""
+    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                        help="read options from a YAML file (flags given here win)")
+    for f, tp in fields_of(cls):
+        doc = f.metadata.get("help", "")
+        if f.default not in (None, dataclasses.MISSING) and tp is not bool:
+            doc += f" (default: {f.default})"
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, help=doc, metavar=f.name.upper())
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if tp is bool:
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=doc)
+            continue
+        choices = typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+        parser.add_argument(flag, default=argparse.SUPPRESS, help=doc, choices=choices,
+                            metavar=f.name.upper() if choices is None else None)
+
+
+def config_from_args(cls: type, ns: argparse.Namespace):
+    """Defaults < YAML file < flags, every value validated by `config.build`."""
+    given = {k: v for k, v in vars(ns).items() if not k.startswith("_")}
+    path = given.pop("config", None)
+    if path is None:
+        return build(cls, given)
+    values, lines = load_yaml(path)
+    from_file = coerce_values(cls, values, source=str(path), lines=lines)
+    return build(cls, {**from_file, **coerce_values(cls, given)})
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_models_list(cfg: ListConfig) -> int:
+    from .catalog import format_table, list_models
+
+    rows = list_models()
+    print(json.dumps(rows, indent=1) if cfg.json else format_table(rows))
+    return 0
+
+
+def cmd_models_prepare(cfg: PrepareConfig) -> int:
+    from .models import resolve_model
+
+    ref = resolve_model(cfg.model, dtype=cfg.dtype, force=cfg.force, progress=True)
+    print(f"{ref.spec}: {ref.kind} ready at {ref.path}")
+    return 0
+
+
+def cmd_generate(cfg: GenerateConfig) -> int:
+    from .generate import Generator
+
+    gen = Generator(cfg.model, dtype=cfg.dtype)
+    options = {k: v for k, v in vars(cfg).items() if k not in ("model", "prompt", "dtype")}
+    for piece in gen.stream(cfg.prompt, **options):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    print()
+    r = gen.last
+    rate = r.new_tokens / r.seconds if r.seconds else 0.0
+    print(f"[{r.new_tokens} new tokens in {r.seconds:.2f} s, {rate:.1f} tokens/s]", file=sys.stderr)
+    return 0
+
+
+COMMANDS: dict[tuple[str, ...], tuple[type, Callable[..., int]]] = {
+    ("models", "list"): (ListConfig, cmd_models_list),
+    ("models", "prepare"): (PrepareConfig, cmd_models_prepare),
+    ("generate",): (GenerateConfig, cmd_generate),
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="spectune", description="Fine-tune a transformer for your task, then serve it fast.")
+    parser.add_argument("--version", action="version", version=f"spectune {__version__}")
+    subs = parser.add_subparsers(dest="_command", metavar="COMMAND", parser_class=_Parser)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for path, (cls, _) in COMMANDS.items():
+        where = subs
+        for word in path[:-1]:
+            if word not in groups:
+                group = subs.add_parser(word, help=f"{word} commands")
+                groups[word] = group.add_subparsers(dest=f"_{word}", metavar="COMMAND", parser_class=_Parser)
+            where = groups[word]
+        p = where.add_parser(path[-1], help=(cls.__doc__ or "").split(":")[-1].strip(),
+                             description=(cls.__doc__ or "").strip())
+        add_config_arguments(p, cls)
+        p.set_defaults(_run=path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    try:
+        ns = parser.parse_args(argv)
+        if not hasattr(ns, "_run"):  # a group without its sub-command, or nothing at all
+            parser.print_help(sys.stderr)
+            return 2
+        cls, run = COMMANDS[ns._run]
+        _quiet_libraries()
+        return run(config_from_args(cls, ns))
+    except SpectuneError as e:
+        return report(e)
+    except KeyboardInterrupt:
+        print("spectune: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `spectune ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (load bars, advisory warnings) would bury the one line a user wants."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Typed configs for every command, and their validation in one place.
+
+Each command's options are one dataclass whose fields carry their documentation. The CLI flags
+(`cli.py`) and YAML recipes (`--config FILE`) are both generated from these dataclasses, and both
+go through `build()`, so a value is checked the same way whichever route it came by:
+defaults < YAML file < command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import SpectuneError
+
+DEFAULT_CAUSAL_LM = "smollm2-135m"
+Dtype = Literal["fp32", "bf16"]
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", **checks: Any) -> Any:
+    """A documented field. `checks`: min, max (inclusive bounds), positional (CLI argument, no flag)."""
+    return field(default=default, metadata={"help": help, **checks})
+
+
+# ----------------------------------------------------------------------------------------------
+# The commands' configs
+
+
+@dataclass(kw_only=True)
+class PrepareConfig:
+    """`spectune models prepare`: resolve a model now, converting a GGUF into the cache once."""
+
+    model: str = opt(help="alias (smollm2-135m, minilm-l6), model folder, .gguf file or hub id",
+                     positional=True)
+    dtype: Dtype = opt("fp32", help="dtype the converted weights are stored in (GGUF only); "
+                                    "fp32 is exact, bf16 halves the size")
+    force: bool = opt(False, help="convert again even if the cache already holds this model")
+
+
+@dataclass(kw_only=True)
+class ListConfig:
+    """`spectune models list`: the embedded models and every cached conversion."""
+
+    json: bool = opt(False, help="print JSON instead of a table")
+
+
+@dataclass(kw_only=True)
+class GenerateConfig:
+    """`spectune generate`: continue a prompt, streaming the text as it comes."""
+
+    model: str = opt(DEFAULT_CAUSAL_LM, help="alias, model folder, .gguf file or hub id")
+    prompt: str = opt(help="the prompt; wrapped in the model's chat template unless --raw")
+    raw: bool = opt(False, help="feed the prompt as is, without the chat template")
+    system: str | None = opt(None, help="system message for the chat template "
+                                        "(default: the template's own)")
+    max_new_tokens: int = opt(128, help="stop after this many new tokens", min=1, max=1_000_000)
+    temperature: float = opt(0.0, help="0 decodes greedily; above 0 samples", min=0.0, max=100.0)
+    top_k: int = opt(0, help="sample only from the k most likely tokens (0: all)", min=0)
+    top_p: float = opt(1.0, help="sample from the smallest set of tokens with this total "
+                                 "probability (1: all)", min=0.0, max=1.0)
+    repetition_penalty: float = opt(1.0, help="divide the logits of tokens already seen "
+                                              "(1: off)", min=0.01, max=100.0)
+    seed: int | None = opt(None, help="random seed for sampling, for reproducible output")
+    dtype: Dtype = opt("fp32", help="compute dtype of the model")
+
+    def check(self) -> None:
+        if self.top_p == 0.0:
+            raise SpectuneError("must be above 0 (1 keeps every token)", where="top_p")
+        if not self.prompt.strip():
+            raise SpectuneError("is empty; give the text to continue", where="prompt")
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: the one place every value goes through
+
+
+def fields_of(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, resolved type) pairs of a config class, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """`value` (from YAML or a flag's string) as type `tp`, or a SpectuneError naming `where`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            raise SpectuneError(f"got {value!r}, expected one of: {', '.join(map(str, args))}", where=where)
+        return value
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [_coerce(v, args[0], where) for v in items]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise SpectuneError(f"got {value!r}, expected true or false", where=where)
+    if tp in (int, float):
+        if isinstance(value, bool) or (tp is int and isinstance(value, float) and not value.is_integer()):
+            raise SpectuneError(f"got {value!r}, expected {'an integer' if tp is int else 'a number'}",
+                                where=where)
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise SpectuneError(f"got {value!r}, expected {'an integer' if tp is int else 'a number'}",
+                                where=where) from None
+    if tp is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise SpectuneError(f"got {value!r}, expected a string", where=where)
+        return str(value)
+    raise TypeError(f"config type {tp!r} is not supported")  # our bug, not the user's
+
+
+def coerce_values(cls: type, values: dict[str, Any], source: str = "",
+                  lines: dict[str, int] | None = None) -> dict[str, Any]:
+    """`values` checked against config `cls`: known names, right types, within bounds.
+
+    `source` names where the values came from (a YAML file, or '' for flags) and `lines` maps keys
+    to their line in it, so an error points at the exact place.
+    """
+    known = {f.name: (f, tp) for f, tp in fields_of(cls)}
+    out = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        line = (lines or {}).get(key)
+        where = f"{source}:{line}: {name}" if line else f"{source}: {name}" if source else name
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known)}"
+            raise SpectuneError(f"unknown option{hint}", where=where)
+        f, tp = known[name]
+        value = _coerce(value, tp, where)
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if value is not None and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+            bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise SpectuneError(f"got {value}, expected {bounds}", where=where)
+        out[name] = value
+    return out
+
+
+def build(cls: type, values: dict[str, Any], source: str = "", lines: dict[str, int] | None = None):
+    """An instance of config `cls` from `values`, every field checked, cross-field checks run."""
+    kwargs = coerce_values(cls, values, source, lines)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs and _no_default(f)]
+    if missing:
+        flags = ", ".join(m.replace("_", "-") for m in missing)
+        raise SpectuneError(f"missing required option(s): {flags}", where=source or None)
+    cfg = cls(**kwargs)
+    if hasattr(cfg, "check"):
+        cfg.check()
+    return cfg
+
+
+def _no_default(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """A YAML recipe's top-level mapping and the line of each key, or a one-line error."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpectuneError(f"cannot read config file: {e.strerror}", where=str(path)) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SpectuneError(f"invalid YAML: {getattr(e, 'problem', None) or e}", where=at) from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise SpectuneError("expected a mapping of option: value at the top level", where=str(path))
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
+    return data, lines

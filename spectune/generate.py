@@ -1,0 +1,116 @@
+"""Text generation on `transformers.generate`, streamed piece by piece.
+
+This is the simple, correct path of the foundation: prompt formatting (chat template or raw),
+greedy or sampled decoding with explicit settings, and streaming. The fast decoding engine with
+speculative decoding replaces the inner call later; the API here stays.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from .config import GenerateConfig, build
+from .errors import SpectuneError
+from .loading import load_model, load_tokenizer
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    new_tokens: int
+    seconds: float
+
+
+def prompt_ids(tokenizer, prompt: str, *, raw: bool = False, system: str | None = None):
+    """Token ids (1, T) for the prompt: wrapped in the chat template when the tokenizer has one."""
+    if raw or not getattr(tokenizer, "chat_template", None):
+        return tokenizer(prompt, return_tensors="pt").input_ids
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # The template already holds every special token; adding BOS again would shift the prompt.
+    return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+
+
+def generation_config(cfg: GenerateConfig, model, tokenizer):
+    """Our settings, explicitly: nothing inherited from the model's generation_config.json defaults."""
+    from transformers import GenerationConfig
+
+    sample = cfg.temperature > 0
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return GenerationConfig(
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=sample,
+        temperature=cfg.temperature if sample else None,
+        top_k=cfg.top_k if sample and cfg.top_k > 0 else None,
+        top_p=cfg.top_p if sample and cfg.top_p < 1.0 else None,
+        repetition_penalty=cfg.repetition_penalty if cfg.repetition_penalty != 1.0 else None,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+class Generator:
+    """A loaded model and tokenizer, ready to answer many prompts."""
+
+    def __init__(self, model: str = "smollm2-135m", dtype: str = "fp32"):
+        self.model_spec = model
+        self.tokenizer = load_tokenizer(model)
+        self.model = load_model(model, dtype=dtype)
+
+    def stream(self, prompt: str, **options) -> Iterator[str]:
+        """Yield the new text piece by piece as it is decoded. `options`: GenerateConfig fields."""
+        from transformers import TextIteratorStreamer
+
+        cfg = build(GenerateConfig, {"model": self.model_spec, "prompt": prompt, **options})
+        ids = prompt_ids(self.tokenizer, cfg.prompt, raw=cfg.raw, system=cfg.system)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        gen_cfg = generation_config(cfg, self.model, self.tokenizer)
+        failure: list[BaseException] = []
+        self.last = GenerationResult("", 0, 0.0)
+
+        def work() -> None:
+            import torch
+
+            t0 = time.perf_counter()
+            try:
+                if cfg.seed is not None:
+                    torch.manual_seed(cfg.seed)
+                with torch.inference_mode():
+                    out = self.model.generate(ids, attention_mask=torch.ones_like(ids),
+                                              generation_config=gen_cfg, streamer=streamer)
+                self.last.new_tokens = out.shape[1] - ids.shape[1]
+            except BaseException as e:  # surfaced in the caller's thread below
+                failure.append(e)
+                streamer.end()
+            self.last.seconds = time.perf_counter() - t0
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        pieces = []
+        for piece in streamer:
+            if piece:
+                pieces.append(piece)
+                yield piece
+        thread.join()
+        if failure:
+            raise failure[0]
+        self.last.text = "".join(pieces)
+
+    def generate(self, prompt: str, **options) -> GenerationResult:
+        """The whole continuation at once, with its token count and time."""
+        for _ in self.stream(prompt, **options):
+            pass
+        return replace(self.last)
+
+
+def generate(prompt: str, model: str = "smollm2-135m", **options) -> str:
+    """One-shot convenience: load `model`, continue `prompt`, return the new text."""
+    dtype = options.pop("dtype", "fp32")
+    if not isinstance(prompt, str):
+        raise SpectuneError(f"got {type(prompt).__name__}, expected a string", where="prompt")
+    return Generator(model, dtype=dtype).generate(prompt, **options).text
