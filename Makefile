@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.spectune-installed
-PROMPT ?= The capital of France is
+PROMPT ?= What is the capital of France?
 
 .PHONY: install demo test unit integration lint clean
 
@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/spectune generate --model smollm2-135m --prompt "$(PROMPT)" --max-new-tokens 48
 
 lint: install
-	$(BIN)/ruff check spectune tests bench
+	$(BIN)/ruff check .
 
 unit: install
 	$(BIN)/pytest -q -m "not integration"
