@@ -13,10 +13,23 @@ import os
 import sys
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 from . import __version__
-from .config import GenerateConfig, ListConfig, PrepareConfig, build, coerce_values, fields_of, load_yaml
+from .config import (
+    EvalConfig,
+    GenerateConfig,
+    ListConfig,
+    MergeConfig,
+    PredictConfig,
+    PrepareConfig,
+    TrainConfig,
+    build,
+    coerce_values,
+    fields_of,
+    load_yaml,
+)
 from .errors import SpectuneError, report
 
 
@@ -93,10 +106,48 @@ def cmd_generate(cfg: GenerateConfig) -> int:
     return 0
 
 
+def cmd_train(cfg: TrainConfig) -> int:
+    from .train import train
+
+    info = train(cfg)
+    best = info.get("best") or {}
+    if best.get("value") is not None:
+        print(f"best dev {best['metric']}: {best['value']:.4f} at step {best['step']}", file=sys.stderr)
+    print(f"run saved in {cfg.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(cfg: EvalConfig) -> int:
+    from .evaluate import format_report
+    from .train import evaluate_run
+
+    print(format_report(evaluate_run(Path(cfg.model), data=cfg.data, name="eval", json_out=cfg.json)))
+    return 0
+
+
+def cmd_predict(cfg: PredictConfig) -> int:
+    from .predict import predict
+
+    for row in predict(cfg.model, cfg.input, max_new_tokens=cfg.max_new_tokens):
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+    return 0
+
+
+def cmd_merge(cfg: MergeConfig) -> int:
+    from .predict import merge
+
+    print(f"merged model written to {merge(cfg.model, cfg.out)}")
+    return 0
+
+
 COMMANDS: dict[tuple[str, ...], tuple[type, Callable[..., int]]] = {
     ("models", "list"): (ListConfig, cmd_models_list),
     ("models", "prepare"): (PrepareConfig, cmd_models_prepare),
     ("generate",): (GenerateConfig, cmd_generate),
+    ("train",): (TrainConfig, cmd_train),
+    ("eval",): (EvalConfig, cmd_eval),
+    ("predict",): (PredictConfig, cmd_predict),
+    ("merge",): (MergeConfig, cmd_merge),
 }
 
 
@@ -146,6 +197,9 @@ def _quiet_libraries() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    import huggingface_hub
+
+    huggingface_hub.utils.disable_progress_bars()
 
 
 if __name__ == "__main__":

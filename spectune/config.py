@@ -77,6 +77,86 @@ class GenerateConfig:
             raise SpectuneError("is empty; give the text to continue", where="prompt")
 
 
+@dataclass(kw_only=True)
+class TrainConfig:
+    """`spectune train`: fine-tune a model for a task; the run folder holds everything it made."""
+
+    task: Literal["ner", "classify", "lm"] = opt(help="ner (token classification), classify (one label per "
+                                                      "text) or lm (causal-LM generation)")
+    model: str = opt(help="base model: alias, folder, .gguf file or hub id")
+    train: str = opt(help="training file (ner: CoNLL or JSONL; classify: CSV/TSV/JSONL; lm: JSONL or .txt)")
+    dev: str | None = opt(None, help="validation file: early stopping and the best checkpoint use it")
+    test: str | None = opt(None, help="test file, scored once at the end with the best checkpoint")
+    out: str = opt(help="run folder (model, checkpoints, metrics.csv, curves.png, reports)")
+    peft: Literal["full", "lora", "prompt", "freeze", "bitfit"] = opt("full", help="what trains")
+    lora_r: int = opt(8, help="LoRA rank", min=1)
+    lora_alpha: int = opt(16, help="LoRA scaling numerator (scale = alpha / r)", min=1)
+    lora_dropout: float = opt(0.05, help="dropout on the LoRA branch", min=0.0, max=1.0)
+    lora_targets: str = opt("all-linear", help="modules LoRA wraps: all-linear or names, comma-separated")
+    prompt_tokens: int = opt(20, help="virtual tokens for prompt tuning", min=1)
+    freeze_top_k: int = opt(2, help="with --peft freeze: train only the top k layers (and the head)", min=1)
+    epochs: int = opt(3, help="passes over the training data", min=1)
+    max_steps: int = opt(0, help="stop after this many optimizer steps (0: no limit)", min=0)
+    batch_size: int = opt(16, help="examples per step per process", min=1)
+    grad_accum: int = opt(1, help="micro-batches accumulated per optimizer step", min=1)
+    lr: float = opt(5e-5, help="peak learning rate", min=0.0)
+    optimizer: Literal["adamw", "sgd"] = opt("adamw", help="optimizer")
+    weight_decay: float = opt(0.01, help="weight decay (never on biases and norms)", min=0.0)
+    schedule: Literal["linear", "cosine", "constant"] = opt("linear", help="learning-rate schedule after warm-up")
+    warmup_ratio: float = opt(0.06, help="fraction of the steps spent warming up", min=0.0, max=1.0)
+    max_grad_norm: float = opt(1.0, help="clip gradients to this norm (0: off)", min=0.0)
+    dropout: float | None = opt(None, help="override every dropout probability of the model", min=0.0, max=1.0)
+    max_length: int = opt(256, help="tokens per example (NER: longer sentences are windowed)", min=8)
+    bf16: bool = opt(False, help="bf16 autocast for forward and backward")
+    seed: int = opt(42, help="seed for initialisation, shuffling and dropout")
+    eval_every: int = opt(0, help="evaluate every N optimizer steps (0: once per epoch)", min=0)
+    metric: str | None = opt(None, help="dev metric for early stopping and the best checkpoint "
+                                        "(default: ner f1, classify accuracy, lm loss)")
+    patience: int = opt(0, help="stop after this many evaluations without improvement (0: never)", min=0)
+    save_every: int = opt(0, help="also write the resumable checkpoint every N steps (0: at evaluations)", min=0)
+    resume: bool = opt(False, help="continue the run in --out from its last checkpoint")
+    text_column: str = opt("text", help="classify: column of the texts")
+    label_column: str = opt("label", help="classify: column of the labels")
+    class_weights: bool = opt(False, help="classify: weight the loss by inverse class frequency")
+    quiet: bool = opt(False, help="no progress bar")
+
+    def check(self) -> None:
+        if self.metric and self.metric not in ("f1", "precision", "recall", "accuracy", "macro_f1", "loss",
+                                               "perplexity"):
+            raise SpectuneError(f"got {self.metric!r}, expected f1, precision, recall, accuracy, macro_f1, "
+                                "loss or perplexity", where="metric")
+        if self.patience and not self.dev:
+            raise SpectuneError("early stopping needs a dev file (--dev)", where="patience")
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """`spectune eval`: score a trained run on a labelled file."""
+
+    model: str = opt(help="run folder made by `spectune train`")
+    data: str = opt(help="labelled file in the run's task format")
+    json: str | None = opt(None, help="also write the report as JSON here")
+    batch_size: int = opt(32, help="examples per forward pass", min=1)
+
+
+@dataclass(kw_only=True)
+class PredictConfig:
+    """`spectune predict`: run a trained model on new input, one prediction per line."""
+
+    model: str = opt(help="run folder made by `spectune train`")
+    input: str = opt(help="file of inputs, or - for stdin (ner: one sentence per line, tokens split on "
+                          "spaces; classify: one text per line; lm: one prompt per line)")
+    max_new_tokens: int = opt(64, help="lm: tokens to generate per prompt", min=1)
+
+
+@dataclass(kw_only=True)
+class MergeConfig:
+    """`spectune merge`: fold a LoRA run into a plain model folder transformers loads alone."""
+
+    model: str = opt(help="run folder made by `spectune train --peft lora`")
+    out: str = opt(help="folder to write")
+
+
 # ----------------------------------------------------------------------------------------------
 # Validation: the one place every value goes through
 

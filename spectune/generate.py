@@ -62,6 +62,13 @@ class Generator:
         self.tokenizer = load_tokenizer(model)
         self.model = load_model(model, dtype=dtype)
 
+    @classmethod
+    def from_loaded(cls, model, tokenizer, name: str = "loaded") -> Generator:
+        """Wrap a model already in memory (a fine-tuned run, a peft model)."""
+        gen = cls.__new__(cls)
+        gen.model_spec, gen.model, gen.tokenizer = name, model, tokenizer
+        return gen
+
     def stream(self, prompt: str, **options) -> Iterator[str]:
         """Yield the new text piece by piece as it is decoded. `options`: GenerateConfig fields."""
         from transformers import TextIteratorStreamer

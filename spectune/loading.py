@@ -20,14 +20,17 @@ def torch_dtype(name: str):
 
 def load_tokenizer(model: str | Path | ModelRef):
     """The tokenizer stored beside the model (for a GGUF: the one converted from its metadata)."""
+    return tokenizer_from_folder(resolve_model(model).path)
+
+
+def tokenizer_from_folder(folder: str | Path):
     from transformers import AutoTokenizer
 
-    ref = resolve_model(model)
     try:
-        tok = AutoTokenizer.from_pretrained(str(ref.path))
+        tok = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as e:
         raise SpectuneError(f"no usable tokenizer (expected tokenizer.json or tokenizer_config.json with its "
-                            f"vocabulary files): {str(e).splitlines()[0]}", where=str(ref.path)) from None
+                            f"vocabulary files): {str(e).splitlines()[0]}", where=str(folder)) from None
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token  # batching needs a pad id; masked out, so any token serves
     return tok

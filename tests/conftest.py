@@ -20,7 +20,6 @@ def spectune_home(tmp_path_factory, monkeypatch, request):
     else:
         home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("SPECTUNE_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return home
 
 

@@ -1,0 +1,31 @@
+"""Readers for the files users bring. They know nothing of models or tasks' tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import SpectuneError
+
+
+def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text without the newline) for a UTF-8 text file; bad bytes name their line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpectuneError("no such file", where=str(path))
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SpectuneError(f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                    "save the file as UTF-8", where=f"{path}:{number}") from None
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a BOM from spreadsheet exports
+            yield number, text.rstrip("\r\n")
+
+
+def require_rows(rows: list, path: str | Path, what: str) -> list:
+    if not rows:
+        raise SpectuneError(f"empty file: no {what} found", where=str(path))
+    return rows

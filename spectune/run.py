@@ -1,0 +1,113 @@
+"""A run folder: what `spectune train` writes, and how eval / predict / merge load it back.
+
+    RUN/spectune.json    task, labels, base model, tuning, arguments, versions, best metric
+    RUN/model/           the best weights (a full model, or a peft adapter) with the tokenizer
+    RUN/checkpoint-last/ model, optimizer, scheduler, RNG and step, for --resume
+    RUN/metrics.csv, curves.png, test-report.{json,txt}, confusion.png
+
+Every folder is written under a temporary name and renamed into place, so a crash mid-write
+never corrupts the best model or the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import SpectuneError
+
+RUN_FILE = "spectune.json"
+PEFT_METHODS = ("lora", "prompt")
+
+
+def write_atomic(folder: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) then swap tmp into `folder`; the old folder survives until the swap."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    swap_into(tmp, folder)
+
+
+def swap_into(tmp: Path, folder: Path) -> None:
+    """Replace `folder` by the finished `tmp` with renames only (each one atomic)."""
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def read_run(run_dir: str | Path) -> dict:
+    run_dir = Path(run_dir)
+    f = run_dir / RUN_FILE
+    if not f.is_file():
+        raise SpectuneError(f"not a spectune run folder (no {RUN_FILE}); expected the --out folder of "
+                            "`spectune train`", where=str(run_dir))
+    try:
+        return json.loads(f.read_text())
+    except ValueError as e:
+        raise SpectuneError(f"invalid JSON: {e}", where=str(f)) from None
+
+
+def build_model(task, base: str, labels: list[str] | None, dropout: float | None = None):
+    """The task's head on a resolved base model, loaded from safetensors."""
+    import torch
+    from transformers import AutoConfig
+
+    from .models import resolve_model
+
+    ref = resolve_model(base)
+    config = AutoConfig.from_pretrained(ref.path)
+    if labels is not None:
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+    if config.pad_token_id is None and task.tok.pad_token_id is not None:
+        config.pad_token_id = task.tok.pad_token_id  # decoder classifiers find the last token by it
+    if dropout is not None:
+        for key, value in list(config.to_dict().items()):
+            if "dropout" in key and isinstance(value, float):
+                setattr(config, key, dropout)
+    return task.model_class().from_pretrained(ref.path, config=config, dtype=torch.float32, use_safetensors=True)
+
+
+def load_run(run_dir: str | Path):
+    """(info, task, model in eval mode) of a finished run."""
+    from .loading import tokenizer_from_folder
+    from .tasks import make_task
+
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    model_dir = run_dir / "model"
+    tok = tokenizer_from_folder(model_dir)
+    opts = info.get("task_options", {})
+    task = make_task(info["task"], tok, labels=info.get("labels"), max_length=info["max_length"], **opts)
+    if info["peft"] in PEFT_METHODS:
+        from peft import PeftModel
+
+        base = build_model(task, info["base_model"], info.get("labels"))
+        model = PeftModel.from_pretrained(base, str(model_dir))
+    else:
+        model = task.model_class().from_pretrained(str(model_dir), use_safetensors=True)
+    return info, task, model.eval()
+
+
+def save_model(model, tokenizer, folder: Path) -> None:
+    """The model (or adapter) and tokenizer into `folder`, atomically, in safetensors."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    write_atomic(folder, write)

@@ -1,0 +1,53 @@
+"""The three task kinds. Each knows its data, its head, its encoding, its loss and its metrics.
+
+A task object is what the training loop, `eval` and `predict` talk to:
+  read(path) -> examples; labels_from(examples); encode(examples) -> features;
+  collate(features) -> batch; loss(model, batch); evaluate(model, features, examples) -> metrics.
+"""
+
+from __future__ import annotations
+
+from ..errors import SpectuneError
+
+TASKS = ("ner", "classify", "lm")
+
+
+def make_task(name: str, tokenizer, labels: list[str] | None = None, max_length: int = 256, **options):
+    if name == "ner":
+        from .token_classification import TokenClassification as cls
+    elif name == "classify":
+        from .sequence_classification import SequenceClassification as cls
+    elif name == "lm":
+        from .causal_lm import CausalLM as cls
+    else:
+        raise SpectuneError(f"got {name!r}, expected one of: {', '.join(TASKS)}", where="task")
+    return cls(tokenizer, labels=labels, max_length=max_length, **options)
+
+
+def check_known_labels(found: list[tuple[str, str]], known: list[str], split: str) -> None:
+    """Refuse a dev/test label the model was never trained on, naming it and where it is."""
+    for label, where in found:
+        if label not in known:
+            raise SpectuneError(f"label {label!r} in the {split} file never occurs in the training file "
+                                f"(training labels: {', '.join(known)})", where=where)
+
+
+def pad(seqs: list[list[int]], value: int):
+    """(B, T) long tensor, right-padded."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+
+def mean_loss(task, model, feats, batch_size=32) -> float:
+    """Mean loss over `feats` (weighted by batch size), without gradients."""
+    import torch
+
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(feats), batch_size):
+            chunk = feats[i:i + batch_size]
+            total += float(task.loss(model, task.collate(chunk))) * len(chunk)
+            n += len(chunk)
+    return total / max(n, 1)

@@ -1,0 +1,70 @@
+"""Sequence classification (sentiment, topic): one label per text, optional class weights."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.tabular import LabelledText, read_labelled
+from . import check_known_labels, mean_loss, pad
+
+
+class SequenceClassification:
+    name = "classify"
+    metric = "accuracy"
+
+    def __init__(self, tokenizer, labels=None, max_length=256, text_column="text", label_column="label",
+                 class_weights=False, **_):
+        self.tok, self.labels, self.max_length = tokenizer, labels, max_length
+        self.columns = (text_column, label_column)
+        self.class_weights = class_weights
+        self.weights = None  # (L,) set from the training labels when class_weights is on
+        self.truncated = 0
+
+    def read(self, path, split="train") -> list[LabelledText]:
+        rows = read_labelled(path, *self.columns)
+        if split == "train":
+            if self.labels is None:
+                self.labels = sorted({r.label for r in rows})
+            if self.class_weights:
+                counts = torch.tensor([sum(r.label == lab for r in rows) for lab in self.labels], dtype=torch.float)
+                # inverse frequency, normalised so a balanced set gets weights of 1
+                self.weights = counts.sum() / (len(self.labels) * counts.clamp(min=1))
+        else:
+            check_known_labels([(r.label, r.where) for r in rows], self.labels, split)
+        return rows
+
+    def model_class(self):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    def encode(self, rows: list[LabelledText]) -> list[dict]:
+        lid = {label: i for i, label in enumerate(self.labels)}
+        enc = self.tok([r.text for r in rows], truncation=True, max_length=self.max_length)
+        self.truncated = sum(len(ids) >= self.max_length for ids in enc.input_ids)
+        return [{"input_ids": ids, "label": lid.get(r.label, -1)} for ids, r in zip(enc.input_ids, rows, strict=True)]
+
+    def collate(self, feats: list[dict]) -> dict:
+        return {"input_ids": pad([f["input_ids"] for f in feats], self.tok.pad_token_id or 0),
+                "attention_mask": pad([[1] * len(f["input_ids"]) for f in feats], 0),
+                "labels": torch.tensor([f["label"] for f in feats], dtype=torch.long)}
+
+    def logits(self, model, batch) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # (B, L)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        w = None if self.weights is None else self.weights.to(batch["labels"].device)
+        return torch.nn.functional.cross_entropy(self.logits(model, batch), batch["labels"], weight=w)
+
+    @torch.no_grad()
+    def predict_proba(self, model, feats, batch_size=32) -> torch.Tensor:
+        return torch.cat([self.logits(model, self.collate(feats[i:i + batch_size])).softmax(-1)
+                          for i in range(0, len(feats), batch_size)])  # (N, L)
+
+    def evaluate(self, model, feats, rows) -> dict:
+        from ..evaluate import classification_report
+
+        pred = self.predict_proba(model, feats).argmax(-1).tolist()
+        report = classification_report([r.label for r in rows], [self.labels[p] for p in pred], self.labels)
+        report["loss"] = mean_loss(self, model, feats)
+        return report

@@ -1,0 +1,117 @@
+"""Token classification (NER): word labels aligned to sub-tokens, long sentences windowed.
+
+A word split into several sub-tokens carries its label on the first sub-token; the others get
+-100 (ignored by the loss) and predictions are read back from first sub-tokens, one per word.
+A sentence longer than the model's window is cut into consecutive windows at word boundaries,
+so every word is labelled and predicted exactly once (never silently truncated).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.conll import Sentence, read_tagged
+from . import check_known_labels, mean_loss, pad
+
+IGNORE = -100
+
+
+class TokenClassification:
+    name = "ner"
+    metric = "f1"  # entity-level F1 (seqeval), what papers quote
+
+    def __init__(self, tokenizer, labels=None, max_length=256, **_):
+        self.tok, self.labels, self.max_length = tokenizer, labels, max_length
+        self.scheme = None
+        # The special tokens the tokenizer wraps any text in (BERT: [CLS] ... [SEP]; llama: none).
+        with_sp = tokenizer("a", add_special_tokens=True).input_ids
+        bare = tokenizer("a", add_special_tokens=False).input_ids
+        at = next(i for i in range(len(with_sp)) if with_sp[i:i + len(bare)] == bare)
+        self.prefix, self.suffix = with_sp[:at], with_sp[at + len(bare):]
+
+    def read(self, path, split="train") -> list[Sentence]:
+        sents, scheme = read_tagged(path)
+        if split == "train":
+            self.scheme = scheme
+            if self.labels is None:
+                self.labels = self.labels_from(sents)
+        else:
+            check_known_labels([(t, s.where) for s in sents for t in s.tags], self.labels, split)
+        return sents
+
+    @staticmethod
+    def labels_from(sents) -> list[str]:
+        tags = {t for s in sents for t in s.tags}
+        return ["O"] + sorted(tags - {"O"}, key=lambda t: (t[2:], t[:2]))
+
+    def model_class(self):
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification
+
+    def encode(self, sents: list[Sentence]) -> list[dict]:
+        lid = {label: i for i, label in enumerate(self.labels)}
+        budget = self.max_length - len(self.prefix) - len(self.suffix)
+        feats = []
+        for si, s in enumerate(sents):
+            enc = self.tok(s.tokens, is_split_into_words=True, add_special_tokens=False)
+            pieces: list[list[int]] = [[] for _ in s.tokens]
+            for tid, w in zip(enc.input_ids, enc.word_ids(), strict=True):
+                if w is not None:
+                    pieces[w].append(tid)
+            window, size = [], 0
+            for w in range(len(s.tokens)):
+                n = len(pieces[w][:budget])
+                if window and size + n > budget:
+                    feats.append(self._feature(si, window, pieces, s.tags, lid, budget))
+                    window, size = [], 0
+                window.append(w)
+                size += n
+            if window:
+                feats.append(self._feature(si, window, pieces, s.tags, lid, budget))
+        return feats
+
+    def _feature(self, si, words, pieces, tags, lid, budget) -> dict:
+        ids, labels, first = list(self.prefix), [IGNORE] * len(self.prefix), []
+        for w in words:
+            p = pieces[w][:budget]  # one absurdly long word is cut, not the sentence
+            if not p:
+                continue  # a word with no sub-tokens (e.g. a lone zero-width char): predicted O
+            first.append((len(ids), w))
+            ids += p
+            labels += [lid[tags[w]]] + [IGNORE] * (len(p) - 1)
+        ids += self.suffix
+        labels += [IGNORE] * len(self.suffix)
+        return {"input_ids": ids, "labels": labels, "sent": si, "first": first}
+
+    def collate(self, feats: list[dict]) -> dict:
+        ids = pad([f["input_ids"] for f in feats], self.tok.pad_token_id or 0)
+        return {"input_ids": ids, "attention_mask": pad([[1] * len(f["input_ids"]) for f in feats], 0),
+                "labels": pad([f["labels"] for f in feats], IGNORE)}
+
+    def loss(self, model, batch) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, L)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
+                                                 ignore_index=IGNORE)
+
+    @torch.no_grad()
+    def predict(self, model, feats: list[dict], n_sents_words: list[int], batch_size=32) -> list[list[str]]:
+        """Word-level tags for each sentence (words without sub-tokens get O)."""
+        out = [["O"] * n for n in n_sents_words]
+        for i in range(0, len(feats), batch_size):
+            chunk = feats[i:i + batch_size]
+            b = self.collate(chunk)
+            pred = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.argmax(-1)  # (B, T)
+            for row, f in enumerate(chunk):
+                for pos, w in f["first"]:
+                    out[f["sent"]][w] = self.labels[int(pred[row, pos])]
+        return out
+
+    def evaluate(self, model, feats, sents) -> dict:
+        from ..evaluate import ner_report
+
+        pred = self.predict(model, feats, [len(s.tokens) for s in sents])
+        report = ner_report([s.tags for s in sents], pred)
+        report["loss"] = mean_loss(self, model, feats)
+        return report
+
