@@ -98,8 +98,10 @@ def train(cfg: TrainConfig) -> dict:
         raise SpectuneError("early stopping needs --dev", where="patience")
     lower = metric in LOWER_IS_BETTER
     optimizer = make_optimizer(model, cfg)
+    # The loader gets its own generator: creating an iterator draws a seed from it, and drawing from
+    # the global RNG instead would shift dropout masks after a resume.
     loader = torch.utils.data.DataLoader(train_feats, batch_size=cfg.batch_size, shuffle=True,
-                                         collate_fn=task.collate)
+                                         collate_fn=task.collate, generator=torch.Generator().manual_seed(cfg.seed))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs

@@ -107,3 +107,57 @@ def write_llama_gguf(model, path: Path, tokenizer_dir: Path = TINY_BPE) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiny labelled data in the formats users bring (deterministic)
+
+PEOPLE, PLACES = ["paris", "fox", "dog"], ["france", "capital"]
+FILLER = ["the", "quick", "brown", "jumps", "over", "lazy", "model", "reads", "text"]
+
+
+def write_ner(folder: Path, sizes=(("train", 96), ("dev", 24), ("test", 24)), seed: int = 0) -> dict[str, Path]:
+    import random
+
+    rng, paths = random.Random(seed), {}
+    for name, n in sizes:
+        lines = ["-DOCSTART- -X- -X- O", ""]
+        for _ in range(n):
+            for _ in range(rng.randint(3, 8)):
+                r = rng.random()
+                if r < 0.2:
+                    lines += [f"{rng.choice(PEOPLE)} NN B-PER", f"{rng.choice(PEOPLE)} NN I-PER"]
+                elif r < 0.35:
+                    lines.append(f"{rng.choice(PLACES)} NN B-LOC")
+                else:
+                    lines.append(f"{rng.choice(FILLER)} NN O")
+            lines.append("")
+        paths[name] = folder / f"{name}.conll"
+        paths[name].write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def write_classify(folder: Path, sizes=(("train", 96), ("dev", 24), ("test", 24)), seed: int = 0) -> dict[str, Path]:
+    import random
+
+    rng, paths = random.Random(seed), {}
+    cue = {"pos": ["good", "great", "help", "quick"], "neg": ["lazy", "bad", "reset", "password"]}
+    for name, n in sizes:
+        rows = ["text,label"]
+        for _ in range(n):
+            label = rng.choice(["pos", "neg"])
+            words = rng.choices(cue[label], k=3) + rng.choices(FILLER, k=3)
+            rng.shuffle(words)
+            rows.append(f"{' '.join(words)},{label}")
+        paths[name] = folder / f"{name}.csv"
+        paths[name].write_text("\n".join(rows) + "\n")
+    return paths
+
+
+def write_chat(folder: Path) -> Path:
+    rows = [{"prompt": "What is the capital of France?", "response": "The capital of France is Paris."},
+            {"messages": [{"role": "user", "content": "Hello!"},
+                          {"role": "assistant", "content": "How can I help you today?"}]}] * 8
+    path = folder / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
