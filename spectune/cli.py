@@ -18,6 +18,7 @@ from typing import Literal
 
 from . import __version__
 from .config import (
+    DataPrepareConfig,
     EvalConfig,
     GenerateConfig,
     ListConfig,
@@ -140,6 +141,16 @@ def cmd_merge(cfg: MergeConfig) -> int:
     return 0
 
 
+def cmd_data_prepare(cfg: DataPrepareConfig) -> int:
+    from .data.corpora import prepare
+
+    counts = prepare(cfg.name, cfg.out)
+    for split, c in counts.items():
+        print(f"{split:>8}: " + ", ".join(f"{k} {v:,}" for k, v in c.items()))
+    print(f"written to {cfg.out}")
+    return 0
+
+
 COMMANDS: dict[tuple[str, ...], tuple[type, Callable[..., int]]] = {
     ("models", "list"): (ListConfig, cmd_models_list),
     ("models", "prepare"): (PrepareConfig, cmd_models_prepare),
@@ -148,6 +159,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type, Callable[..., int]]] = {
     ("eval",): (EvalConfig, cmd_eval),
     ("predict",): (PredictConfig, cmd_predict),
     ("merge",): (MergeConfig, cmd_merge),
+    ("data", "prepare"): (DataPrepareConfig, cmd_data_prepare),
 }
 
 

@@ -118,6 +118,8 @@ class TrainConfig:
     text_column: str = opt("text", help="classify: column of the texts")
     label_column: str = opt("label", help="classify: column of the labels")
     class_weights: bool = opt(False, help="classify: weight the loss by inverse class frequency")
+    max_train_examples: int = opt(0, help="use only the first N training examples (0: all)", min=0)
+    max_eval_examples: int = opt(0, help="use only the first N dev and test examples (0: all)", min=0)
     quiet: bool = opt(False, help="no progress bar")
 
     def check(self) -> None:
@@ -155,6 +157,14 @@ class MergeConfig:
 
     model: str = opt(help="run folder made by `spectune train --peft lora`")
     out: str = opt(help="folder to write")
+
+
+@dataclass(kw_only=True)
+class DataPrepareConfig:
+    """`spectune data prepare`: write a bundled real corpus as train/dev/test files."""
+
+    name: Literal["pd1998-ner", "chn-sentiment", "chatterbot-topics"] = opt(help="corpus to prepare", positional=True)
+    out: str = opt(help="folder for train/dev/test files")
 
 
 # ----------------------------------------------------------------------------------------------

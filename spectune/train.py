@@ -65,7 +65,9 @@ def train(cfg: TrainConfig) -> dict:
         raise SpectuneError("already holds a run; pass --resume to continue it, or choose another --out",
                             where=str(out))
 
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+    # cpu=True on a machine without an accelerator: only then does accelerate take torchrun's
+    # environment (WORLD_SIZE, LOCAL_RANK) as a multi-process CPU run over gloo.
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available(), gradient_accumulation_steps=cfg.grad_accum,
                               mixed_precision="bf16" if cfg.bf16 else "no",
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
     main = accelerator.is_main_process
@@ -77,9 +79,9 @@ def train(cfg: TrainConfig) -> dict:
     # Data first: a mistake in any file is reported before minutes of model loading.
     tok = load_tokenizer(cfg.model)
     task = make_task(cfg.task, tok, max_length=cfg.max_length, **task_options(cfg))
-    train_rows = task.read(cfg.train, "train")
-    dev_rows = task.read(cfg.dev, "dev") if cfg.dev else None
-    test_rows = task.read(cfg.test, "test") if cfg.test else None
+    train_rows = _first(task.read(cfg.train, "train"), cfg.max_train_examples)
+    dev_rows = _first(task.read(cfg.dev, "dev"), cfg.max_eval_examples) if cfg.dev else None
+    test_rows = _first(task.read(cfg.test, "test"), cfg.max_eval_examples) if cfg.test else None
     train_feats = task.encode(train_rows)
     dev_feats = task.encode(dev_rows) if dev_rows else None
     if getattr(task, "truncated", 0):
@@ -136,7 +138,8 @@ def train(cfg: TrainConfig) -> dict:
         state["loss_sum"], state["loss_count"] = 0.0, 0
         if dev_feats is not None:
             unwrapped.eval()
-            metrics = task.evaluate(unwrapped, dev_feats, dev_rows)
+            with accelerator.autocast():  # bf16 runs evaluate in bf16 too: 2-3x faster on this CPU
+                metrics = task.evaluate(unwrapped, dev_feats, dev_rows)
             unwrapped.train()
             row.update({f"dev_{k}": v for k, v in _scalars(metrics).items()})
             value = metrics[metric]
@@ -245,6 +248,10 @@ def evaluate_run(run_dir: Path, data: str | None = None, test_rows=None, name: s
     if report.get("task") == "classify":
         plot_confusion(report, run_dir / ("confusion.png" if name == "test" else f"{name}-confusion.png"))
     return report
+
+
+def _first(rows: list, n: int) -> list:
+    return rows[:n] if n else rows
 
 
 def _scalars(metrics: dict) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..data.tabular import LabelledText, read_labelled
-from . import check_known_labels, mean_loss, pad
+from . import check_known_labels, pad
 
 
 class SequenceClassification:
@@ -52,19 +52,31 @@ class SequenceClassification:
     def logits(self, model, batch) -> torch.Tensor:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # (B, L)
 
-    def loss(self, model, batch) -> torch.Tensor:
+    def loss(self, model, batch, logits=None) -> torch.Tensor:
+        logits = self.logits(model, batch) if logits is None else logits
         w = None if self.weights is None else self.weights.to(batch["labels"].device)
-        return torch.nn.functional.cross_entropy(self.logits(model, batch), batch["labels"], weight=w)
+        return torch.nn.functional.cross_entropy(logits, batch["labels"], weight=w)
 
     @torch.no_grad()
+    def scores(self, model, feats, batch_size=32) -> tuple[torch.Tensor, float]:
+        """Class probabilities (N, L) and the mean loss, in one pass over `feats`."""
+        probs, total = [], 0.0
+        for i in range(0, len(feats), batch_size):
+            batch = self.collate(feats[i:i + batch_size])
+            logits = self.logits(model, batch)
+            probs.append(logits.softmax(-1))
+            if (batch["labels"] >= 0).all():
+                total += float(self.loss(model, batch, logits)) * len(batch["labels"])
+        return torch.cat(probs), total / max(len(feats), 1)
+
     def predict_proba(self, model, feats, batch_size=32) -> torch.Tensor:
-        return torch.cat([self.logits(model, self.collate(feats[i:i + batch_size])).softmax(-1)
-                          for i in range(0, len(feats), batch_size)])  # (N, L)
+        return self.scores(model, feats, batch_size)[0]
 
     def evaluate(self, model, feats, rows) -> dict:
         from ..evaluate import classification_report
 
-        pred = self.predict_proba(model, feats).argmax(-1).tolist()
+        probs, loss = self.scores(model, feats)
+        pred = probs.argmax(-1).tolist()
         report = classification_report([r.label for r in rows], [self.labels[p] for p in pred], self.labels)
-        report["loss"] = mean_loss(self, model, feats)
+        report["loss"] = loss
         return report

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..data.conll import Sentence, read_tagged
-from . import check_known_labels, mean_loss, pad
+from . import check_known_labels, pad
 
 IGNORE = -100
 
@@ -89,19 +89,24 @@ class TokenClassification:
         return {"input_ids": ids, "attention_mask": pad([[1] * len(f["input_ids"]) for f in feats], 0),
                 "labels": pad([f["labels"] for f in feats], IGNORE)}
 
-    def loss(self, model, batch) -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, L)
+    def loss(self, model, batch, logits=None) -> torch.Tensor:
+        if logits is None:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, L)
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
                                                  ignore_index=IGNORE)
 
     @torch.no_grad()
-    def predict(self, model, feats: list[dict], n_sents_words: list[int], batch_size=32) -> list[list[str]]:
-        """Word-level tags for each sentence (words without sub-tokens get O)."""
+    def predict(self, model, feats: list[dict], n_sents_words: list[int], batch_size=32, losses=None):
+        """Word-level tags for each sentence (words without sub-tokens get O); batch losses go
+        into `losses` when given, from the same forward pass."""
         out = [["O"] * n for n in n_sents_words]
         for i in range(0, len(feats), batch_size):
             chunk = feats[i:i + batch_size]
             b = self.collate(chunk)
-            pred = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.argmax(-1)  # (B, T)
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits  # (B, T, L)
+            if losses is not None:
+                losses.append((float(self.loss(model, b, logits)), len(chunk)))
+            pred = logits.argmax(-1)  # (B, T)
             for row, f in enumerate(chunk):
                 for pos, w in f["first"]:
                     out[f["sent"]][w] = self.labels[int(pred[row, pos])]
@@ -110,8 +115,8 @@ class TokenClassification:
     def evaluate(self, model, feats, sents) -> dict:
         from ..evaluate import ner_report
 
-        pred = self.predict(model, feats, [len(s.tokens) for s in sents])
+        losses: list[tuple[float, int]] = []
+        pred = self.predict(model, feats, [len(s.tokens) for s in sents], losses=losses)
         report = ner_report([s.tags for s in sents], pred)
-        report["loss"] = mean_loss(self, model, feats)
+        report["loss"] = sum(v * n for v, n in losses) / max(sum(n for _, n in losses), 1)
         return report
-
