@@ -171,7 +171,7 @@ def train(cfg: TrainConfig) -> dict:
         accelerator.wait_for_everyone()
 
     bar = tqdm(total=total_steps, initial=state["step"], disable=cfg.quiet or not main, file=sys.stderr,
-               unit="step", dynamic_ncols=True)
+               unit="step", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15)
     model.train()
     stop = state["step"] >= total_steps
     t0 = time.perf_counter() - state["seconds"]
