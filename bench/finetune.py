@@ -10,7 +10,9 @@ size, sequence length, learning rate and number of steps:
 
 Tokens/s counts the non-padding tokens of the batches trained, over the wall time from the first
 step's start to the last step's end (model loading, data encoding and saving excluded on both
-sides). Usage: python bench/finetune.py [--steps N] [--json bench/finetune.json]
+sides). Memory is the process's peak resident set twice: at the end of the last training step,
+and for the whole run, which on both sides ends by writing one resumable checkpoint (model or
+adapter, optimizer, scheduler, RNG). Usage: python bench/finetune.py [--steps N] [--json bench/finetune.json]
 """
 
 from __future__ import annotations
@@ -59,12 +61,16 @@ def worker(case: str, trainer: str, data: str, steps: int, out: str) -> dict:
 
         info = train(build(TrainConfig, {**c, "train": data, "out": out, "max_steps": steps, "epochs": 100,
                                           "quiet": True, "warmup_ratio": 0.0, "weight_decay": 0.0}))
-        tokens_per_s, seconds = info["train_tokens_per_second"], info["train_seconds"]
+        tokens_per_s, seconds, train_peak = (info["train_tokens_per_second"], info["train_seconds"],
+                                             info["train_peak_rss_mib"])
     else:
-        tokens_per_s, seconds = hf_trainer(c, data, steps, out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+        tokens_per_s, seconds, train_peak = hf_trainer(c, data, steps, out)
     return {"case": case, "trainer": trainer, "steps": steps, "tokens_per_s": tokens_per_s, "seconds": seconds,
-            "peak_rss_mib": round(peak, 1)}
+            "train_peak_rss_mib": train_peak, "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
 def hf_trainer(c: dict, data: str, steps: int, out: str) -> tuple[float, float]:
@@ -82,7 +88,7 @@ def hf_trainer(c: dict, data: str, steps: int, out: str) -> tuple[float, float]:
     model = apply_tuning(build_model(task, c["model"], task.labels), TuningOptions(c["peft"]), c["task"])
 
     class Clock(TrainerCallback):
-        tokens, start, end = 0, None, None
+        tokens, start, end, peak = 0, None, None, None
 
         def on_step_begin(self, args, state, control, **kw):
             if self.start is None:
@@ -90,6 +96,7 @@ def hf_trainer(c: dict, data: str, steps: int, out: str) -> tuple[float, float]:
 
         def on_step_end(self, args, state, control, **kw):
             self.end = time.perf_counter()
+            self.peak = peak_rss_mib()
 
     clock = Clock()
 
@@ -100,12 +107,13 @@ def hf_trainer(c: dict, data: str, steps: int, out: str) -> tuple[float, float]:
 
     args = TrainingArguments(output_dir=out, per_device_train_batch_size=c["batch_size"], max_steps=steps,
                              learning_rate=c["lr"], warmup_steps=0, weight_decay=0.0, lr_scheduler_type="linear",
-                             save_strategy="no", eval_strategy="no", logging_strategy="no", report_to=[],
+                             save_strategy="steps", save_steps=steps, eval_strategy="no", logging_strategy="no",
+                             report_to=[],
                              dataloader_num_workers=0, use_cpu=True, disable_tqdm=True, seed=0,
                              remove_unused_columns=False)
     Trainer(model=model, args=args, train_dataset=feats, data_collator=task.collate, callbacks=[clock]).train()
     seconds = clock.end - clock.start
-    return round(clock.tokens / seconds, 1), round(seconds, 1)
+    return round(clock.tokens / seconds, 1), round(seconds, 1), clock.peak
 
 
 def main() -> None:
@@ -132,15 +140,17 @@ def main() -> None:
                     sys.exit(f"{case}/{trainer} failed:\n{r.stderr[-3000:]}")
                 rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
                 print(f"  {case:18} {trainer:10} {rows[-1]['tokens_per_s']:8.1f} tok/s "
-                      f"{rows[-1]['peak_rss_mib']:8.0f} MiB", file=sys.stderr)
-    table = ["| case | trainer | steps | tokens/s | peak RSS (MiB) | speed vs Trainer | memory vs Trainer |",
-             "|---|---|---|---|---|---|---|"]
+                      f"{rows[-1]['train_peak_rss_mib']:8.0f} / {rows[-1]['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+    table = ["| case | trainer | steps | tokens/s | speed vs Trainer | peak RSS in training (MiB) | vs Trainer "
+             "| peak RSS whole run (MiB) | vs Trainer |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = next(x for x in rows if x["case"] == r["case"] and x["trainer"] == "hf-trainer")
         r["speed_ratio"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 3)
+        r["train_memory_ratio"] = round(r["train_peak_rss_mib"] / ref["train_peak_rss_mib"], 3)
         r["memory_ratio"] = round(r["peak_rss_mib"] / ref["peak_rss_mib"], 3)
         table.append(f"| {r['case']} | {r['trainer']} | {r['steps']} | {r['tokens_per_s']:.1f} | "
-                     f"{r['peak_rss_mib']:.0f} | {r['speed_ratio']:.2f}x | {r['memory_ratio']:.2f}x |")
+                     f"{r['speed_ratio']:.2f}x | {r['train_peak_rss_mib']:.0f} | {r['train_memory_ratio']:.2f}x | "
+                     f"{r['peak_rss_mib']:.0f} | {r['memory_ratio']:.2f}x |")
     print("\n".join(table))
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"rows": rows, "machine": os.uname().nodename, "cpus": os.cpu_count(),

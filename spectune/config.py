@@ -81,10 +81,11 @@ class GenerateConfig:
 class TrainConfig:
     """`spectune train`: fine-tune a model for a task; the run folder holds everything it made."""
 
-    task: Literal["ner", "classify", "lm"] = opt(help="ner (token classification), classify (one label per "
-                                                      "text) or lm (causal-LM generation)")
-    model: str = opt(help="base model: alias, folder, .gguf file or hub id")
-    train: str = opt(help="training file (ner: CoNLL or JSONL; classify: CSV/TSV/JSONL; lm: JSONL or .txt)")
+    task: Literal["ner", "classify", "lm"] | None = opt(None, help="ner (token classification), classify (one "
+                                                             "label per text) or lm (causal-LM generation)")
+    model: str | None = opt(None, help="base model: alias, folder, .gguf file or hub id")
+    train: str | None = opt(None, help="training file (ner: CoNLL or JSONL; classify: CSV/TSV/JSONL; lm: JSONL "
+                                       "or .txt)")
     dev: str | None = opt(None, help="validation file: early stopping and the best checkpoint use it")
     test: str | None = opt(None, help="test file, scored once at the end with the best checkpoint")
     out: str = opt(help="run folder (model, checkpoints, metrics.csv, curves.png, reports)")
@@ -114,7 +115,8 @@ class TrainConfig:
                                         "(default: ner f1, classify accuracy, lm loss)")
     patience: int = opt(0, help="stop after this many evaluations without improvement (0: never)", min=0)
     save_every: int = opt(0, help="also write the resumable checkpoint every N steps (0: at evaluations)", min=0)
-    resume: bool = opt(False, help="continue the run in --out from its last checkpoint")
+    resume: bool = opt(False, help="continue the run in --out from its last checkpoint, with the options it "
+                                   "was started with (`spectune train --out RUN --resume` is enough)")
     text_column: str = opt("text", help="classify: column of the texts")
     label_column: str = opt("label", help="classify: column of the labels")
     class_weights: bool = opt(False, help="classify: weight the loss by inverse class frequency")
@@ -123,6 +125,9 @@ class TrainConfig:
     quiet: bool = opt(False, help="no progress bar")
 
     def check(self) -> None:
+        missing = [f for f in ("task", "model", "train") if getattr(self, f) is None]
+        if missing and not self.resume:  # a resumed run takes them from its spectune.json
+            raise SpectuneError(f"missing required option(s): {', '.join(missing)}")
         if self.metric and self.metric not in ("f1", "precision", "recall", "accuracy", "macro_f1", "loss",
                                                "perplexity"):
             raise SpectuneError(f"got {self.metric!r}, expected f1, precision, recall, accuracy, macro_f1, "

@@ -105,6 +105,16 @@ def train(cfg: TrainConfig) -> dict:
     loader = torch.utils.data.DataLoader(train_feats, batch_size=cfg.batch_size, shuffle=True,
                                          collate_fn=task.collate, generator=torch.Generator().manual_seed(cfg.seed))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+
+    def trainable_only(models, weights, _dir) -> None:
+        # Frozen weights never change: a LoRA checkpoint holds the adapter, not 540 MB of base
+        # model (whose serialisation alone would double the peak memory). Loaded with strict=False.
+        for m, w in zip(models, weights, strict=True):
+            keep = {n for n, p in m.named_parameters() if p.requires_grad}
+            for k in [k for k in w if k not in keep]:
+                del w[k]
+
+    accelerator.register_save_state_pre_hook(trainable_only)
     steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
@@ -120,7 +130,7 @@ def train(cfg: TrainConfig) -> dict:
     state = {"epoch": 0, "batches_in_epoch": 0, "step": 0, "best": None, "best_step": None, "bad_evals": 0,
              "history": [], "loss_sum": 0.0, "loss_count": 0, "tokens": 0, "seconds": 0.0}
     if cfg.resume:
-        accelerator.load_state(str(ckpt))
+        accelerator.load_state(str(ckpt), strict=False)
         state = _read_json(ckpt / "trainer_state.json")
         scheduler.load_state_dict(state.pop("scheduler"))
         info = {**read_run(out), "status": "running"}
@@ -196,6 +206,7 @@ def train(cfg: TrainConfig) -> dict:
             scheduler.step()
             state["step"] += 1
             state["seconds"] = time.perf_counter() - t0
+            state["peak_rss_mib"] = _peak_rss_mib()
             bar.update(1)
             bar.set_postfix(loss=f"{state['loss_sum'] / max(state['loss_count'], 1):.4f}",
                             tok_s=f"{state['tokens'] / state['seconds']:.0f}")
@@ -219,7 +230,8 @@ def train(cfg: TrainConfig) -> dict:
             save_model(accelerator.unwrap_model(model), tok, out / "model")
         info.update(status="done", best={"metric": metric, "value": state["best"], "step": state["best_step"]},
                     steps=state["step"], train_seconds=round(state["seconds"], 1),
-                    train_tokens_per_second=round(state["tokens"] / max(state["seconds"], 1e-9), 1))
+                    train_tokens_per_second=round(state["tokens"] / max(state["seconds"], 1e-9), 1),
+                    train_peak_rss_mib=state.get("peak_rss_mib"))
         write_json_atomic(out / RUN_FILE, info)
         if test_rows:
             from .evaluate import format_report
@@ -248,6 +260,13 @@ def evaluate_run(run_dir: Path, data: str | None = None, test_rows=None, name: s
     if report.get("task") == "classify":
         plot_confusion(report, run_dir / ("confusion.png" if name == "test" else f"{name}-confusion.png"))
     return report
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _first(rows: list, n: int) -> list:

@@ -52,31 +52,41 @@ def test_ner_run_folder_holds_everything(tmp_path, tiny_bert_dir, ner_data):
     assert "Token-level report" in text and "Entity-level report (seqeval" in text
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, tiny_bert_dir, ner_data, monkeypatch):
-    """BERT's dropout draws random numbers every step, so this also checks the RNG state is restored."""
-    common = dict(epochs=2, save_every=3, batch_size=8)
-    whole = tmp_path / "whole"
-    train(config(whole, tiny_bert_dir, "ner", ner_data, **common))
-
+@pytest.mark.parametrize("task, peft, model_fixture", [("ner", "full", "tiny_bert_dir"),
+                                                      ("classify", "lora", "tiny_llama_dir")])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, task, peft, model_fixture, ner_data, cls_data,
+                                                           monkeypatch, request):
+    """BERT's dropout draws random numbers every step, so this also checks the RNG state is restored;
+    the LoRA run checks that a checkpoint holding only the trainable weights resumes exactly."""
+    from spectune.tasks.sequence_classification import SequenceClassification
     from spectune.tasks.token_classification import TokenClassification
 
-    real_loss, calls = TokenClassification.loss, {"n": 0}
+    model_dir, data = request.getfixturevalue(model_fixture), ner_data if task == "ner" else cls_data
+    task_class = TokenClassification if task == "ner" else SequenceClassification
+    common = dict(epochs=2, save_every=3, batch_size=8, peft=peft)
+    whole = tmp_path / "whole"
+    train(config(whole, model_dir, task, data, **common))
 
-    def crash_at_17(self, model, batch):  # mid-epoch 2, two steps after the checkpoint at step 15
+    real_loss, calls = task_class.loss, {"n": 0}
+
+    def crash_at_17(self, model, batch, *args):  # mid-epoch 2, two steps after the checkpoint at step 15
         calls["n"] += 1
         if calls["n"] == 17:
             raise KeyboardInterrupt
-        return real_loss(self, model, batch)
+        return real_loss(self, model, batch, *args)
 
-    monkeypatch.setattr(TokenClassification, "loss", crash_at_17)
+    monkeypatch.setattr(task_class, "loss", crash_at_17)
     crashed = tmp_path / "crashed"
     with pytest.raises(KeyboardInterrupt):
-        train(config(crashed, tiny_bert_dir, "ner", ner_data, **common))
-    monkeypatch.setattr(TokenClassification, "loss", real_loss)
+        train(config(crashed, model_dir, task, data, **common))
+    monkeypatch.setattr(task_class, "loss", real_loss)
     state = json.loads((crashed / "run/checkpoint-last/trainer_state.json").read_text())
     assert state["step"] == 15 and state["epoch"] == 1 and state["batches_in_epoch"] == 3
-    train(build(TrainConfig, {**config(crashed, tiny_bert_dir, "ner", ner_data).__dict__, "resume": True}))
-    a, b = load_file(whole / "run/model/model.safetensors"), load_file(crashed / "run/model/model.safetensors")
+    saved = load_file(crashed / "run/checkpoint-last/model.safetensors")
+    assert peft == "full" or all("lora_" in k or "score" in k for k in saved)  # trainable weights only
+    assert main(["train", "--out", str(crashed / "run"), "--resume", "--quiet"]) == 0  # options from the run
+    name = "model.safetensors" if peft == "full" else "adapter_model.safetensors"
+    a, b = load_file(whole / "run/model" / name), load_file(crashed / "run/model" / name)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
