@@ -114,6 +114,10 @@ def test_unseen_dev_label_is_named(tmp_path, wordpiece):
 def test_tabular_columns_and_errors(tmp_path):
     rows = read_labelled(write(tmp_path, "a.csv", 'text,label\n"good, very good",pos\nbad,neg\n'))
     assert [(r.text, r.label) for r in rows] == [("good, very good", "pos"), ("bad", "neg")]
+    rows = read_labelled(write(tmp_path, "m.csv", 'text,label\n"two\nlines",a\nbad,b\n'))
+    assert [r.text for r in rows] == ["two\nlines", "bad"] and rows[1].where.endswith("m.csv:4")
+    with pytest.raises(SpectuneError, match=r"m.csv:4: expected 2 fields"):
+        read_labelled(write(tmp_path, "m.csv", 'text,label\n"two\nlines",a\nbad,x,y\n'))
     rows = read_labelled(write(tmp_path, "a.tsv", "review\tstars\ngreat\t5\n"), "review", "stars")
     assert rows[0].label == "5"
     with pytest.raises(SpectuneError, match=r"b.csv:2: no column 'text'; columns found: review, label"):

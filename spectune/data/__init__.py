@@ -25,6 +25,20 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
             yield number, text.rstrip("\r\n")
 
 
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 file; bad bytes are reported with their line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpectuneError("no such file", where=str(path))
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SpectuneError(f"not UTF-8 (byte {raw[e.start]:#04x}); save the file as UTF-8",
+                            where=f"{path}:{line}") from None
+
+
 def require_rows(rows: list, path: str | Path, what: str) -> list:
     if not rows:
         raise SpectuneError(f"empty file: no {what} found", where=str(path))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SpectuneError
-from . import read_lines, require_rows
+from . import read_lines, read_text, require_rows
 
 
 @dataclass
@@ -42,18 +43,16 @@ def read_labelled(path: str | Path, text_column: str = "text", label_column: str
 
 
 def _delimited_rows(path: Path, delimiter: str):
-    lines = list(read_lines(path))  # decodes (and names a bad line) before csv sees it
-    reader = csv.reader([text for _, text in lines], delimiter=delimiter)
+    # csv reads the text itself so that quoted fields may span lines; line_num names the row's end.
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
     header = None
-    numbers = iter(n for n, _ in lines)
     for cells in reader:
-        number = next(numbers, None)
         if not cells or all(not c.strip() for c in cells):
             continue
         if header is None:
             header = [c.strip() for c in cells]
             continue
-        where = f"{path}:{number}"
+        where = f"{path}:{reader.line_num}"
         if len(cells) != len(header):
             raise SpectuneError(f"expected {len(header)} fields like the header, found {len(cells)}", where=where)
         yield where, dict(zip(header, cells, strict=True))

@@ -39,15 +39,3 @@ def pad(seqs: list[list[int]], value: int):
     width = max(len(s) for s in seqs)
     return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
 
-
-def mean_loss(task, model, feats, batch_size=32) -> float:
-    """Mean loss over `feats` (weighted by batch size), without gradients."""
-    import torch
-
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(feats), batch_size):
-            chunk = feats[i:i + batch_size]
-            total += float(task.loss(model, task.collate(chunk))) * len(chunk)
-            n += len(chunk)
-    return total / max(n, 1)
