@@ -25,6 +25,23 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
             yield number, text.rstrip("\r\n")
 
 
+def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """("file:line", object) for each non-blank line of a JSONL file of objects."""
+    import json
+
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise SpectuneError(f"invalid JSON ({e.msg})", where=where) from None
+        if not isinstance(row, dict):
+            raise SpectuneError("expected one JSON object per line", where=where)
+        yield where, row
+
+
 def read_text(path: str | Path) -> str:
     """A whole UTF-8 file; bad bytes are reported with their line."""
     path = Path(path)

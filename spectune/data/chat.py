@@ -8,12 +8,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpectuneError
-from . import read_lines, require_rows
+from . import read_jsonl, read_lines, require_rows
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -42,16 +41,7 @@ def read_lm(path: str | Path) -> list[LMExample]:
         return require_rows(docs, path, "text")
     if path.suffix not in (".jsonl", ".json"):
         raise SpectuneError("expected .jsonl (prompt/response or messages) or .txt (raw text)", where=str(path))
-    out = []
-    for number, line in read_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise SpectuneError(f"invalid JSON ({e.msg})", where=where) from None
-        out.append(LMExample(messages=_messages(row, where), where=where))
+    out = [LMExample(messages=_messages(row, where), where=where) for where, row in read_jsonl(path)]
     return require_rows(out, path, "examples")
 
 

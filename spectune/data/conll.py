@@ -7,13 +7,12 @@ IOB2 or BIOES: we say which was found and work in IOB2 internally (entity spans 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SpectuneError
-from . import read_lines, require_rows
+from . import read_jsonl, read_lines, require_rows
 
 TAG = re.compile(r"^(O|[BIES]-\S+)$")
 
@@ -71,15 +70,8 @@ def _read_conll(path: Path) -> list[Sentence]:
 
 def _read_jsonl(path: Path) -> list[Sentence]:
     sents = []
-    for number, line in read_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise SpectuneError(f"invalid JSON ({e.msg})", where=where) from None
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), list) for k in ("tokens", "tags")):
+    for where, row in read_jsonl(path):
+        if not all(isinstance(row.get(k), list) for k in ("tokens", "tags")):
             raise SpectuneError('expected {"tokens": [...], "tags": [...]}', where=where)
         if len(row["tokens"]) != len(row["tags"]) or not row["tokens"]:
             raise SpectuneError(f"{len(row['tokens'])} tokens but {len(row['tags'])} tags", where=where)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SpectuneError
-from . import read_lines, read_text, require_rows
+from . import read_jsonl, read_text, require_rows
 
 
 @dataclass
@@ -22,7 +21,7 @@ class LabelledText:
 def read_labelled(path: str | Path, text_column: str = "text", label_column: str = "label") -> list[LabelledText]:
     path = Path(path)
     if path.suffix in (".jsonl", ".json"):
-        rows = _jsonl_rows(path)
+        rows = read_jsonl(path)
     elif path.suffix in (".csv", ".tsv"):
         rows = _delimited_rows(path, "\t" if path.suffix == ".tsv" else ",")
     else:
@@ -56,17 +55,3 @@ def _delimited_rows(path: Path, delimiter: str):
         if len(cells) != len(header):
             raise SpectuneError(f"expected {len(header)} fields like the header, found {len(cells)}", where=where)
         yield where, dict(zip(header, cells, strict=True))
-
-
-def _jsonl_rows(path: Path):
-    for number, line in read_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise SpectuneError(f"invalid JSON ({e.msg})", where=where) from None
-        if not isinstance(row, dict):
-            raise SpectuneError("expected one JSON object per line", where=where)
-        yield where, row
