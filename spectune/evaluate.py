@@ -41,7 +41,8 @@ def ner_report(true_tags: list[list[str]], pred_tags: list[list[str]]) -> dict:
             "token_report": _sk_report(flat_t, flat_p, labels),
             "token_report_without_O": _sk_report(flat_t, flat_p, labels[1:]) if len(labels) > 1 else {},
             "entity": entity,
-            "f1": entity["f1"]}
+            # entity-level figures again at the top, for --metric and metrics.csv
+            "f1": entity["f1"], "precision": entity["precision"], "recall": entity["recall"]}
 
 
 def classification_report(y_true: list[str], y_pred: list[str], labels: list[str]) -> dict:

@@ -101,8 +101,8 @@ def train(cfg: TrainConfig) -> dict:
         f"({100 * trainable / total:.2f}%); {n_train} training examples, {len(train_feats)} after encoding")
 
     metric = cfg.metric or task.metric
-    if dev_feats is None and metric not in LOWER_IS_BETTER and cfg.patience:
-        raise SpectuneError("early stopping needs --dev", where="patience")
+    if metric not in task.metrics:
+        raise SpectuneError(f"got {metric!r}, but a {cfg.task} run reports {', '.join(task.metrics)}", where="metric")
     lower = metric in LOWER_IS_BETTER
     optimizer = make_optimizer(model, cfg)
     # The loader gets its own generator: creating an iterator draws a seed from it, and drawing from

@@ -153,6 +153,11 @@ def test_tuning_methods_train_what_they_say(tmp_path, tiny_llama_dir, tiny_bert_
         trainable(tiny_llama_dir, "prompt", task="ner")
 
 
+def test_a_metric_the_task_does_not_report_is_refused(tmp_path, tiny_bert_dir, ner_data):
+    with pytest.raises(SpectuneError, match="metric: got 'accuracy', but a ner run reports f1, precision"):
+        train(config(tmp_path, tiny_bert_dir, "ner", ner_data, dev=str(ner_data["dev"]), metric="accuracy"))
+
+
 def test_an_existing_run_is_never_overwritten(tmp_path, tiny_bert_dir, cls_data):
     cfg = config(tmp_path, tiny_bert_dir, "classify", cls_data, epochs=1)
     train(cfg)

@@ -21,6 +21,7 @@ IGNORE = -100
 class CausalLM:
     name = "lm"
     metric = "loss"  # lower is better; perplexity = exp(loss)
+    metrics = ("loss", "perplexity")
 
     def __init__(self, tokenizer, labels=None, max_length=256, **_):
         self.tok, self.max_length, self.labels = tokenizer, max_length, None

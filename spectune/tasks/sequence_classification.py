@@ -11,6 +11,7 @@ from . import check_known_labels, pad
 class SequenceClassification:
     name = "classify"
     metric = "accuracy"
+    metrics = ("accuracy", "macro_f1", "loss")
 
     def __init__(self, tokenizer, labels=None, max_length=256, text_column="text", label_column="label",
                  class_weights=False, **_):

@@ -19,6 +19,7 @@ IGNORE = -100
 class TokenClassification:
     name = "ner"
     metric = "f1"  # entity-level F1 (seqeval), what papers quote
+    metrics = ("f1", "precision", "recall", "loss")
 
     def __init__(self, tokenizer, labels=None, max_length=256, **_):
         self.tok, self.labels, self.max_length = tokenizer, labels, max_length
