@@ -14,7 +14,7 @@ TINY_BPE = ASSETS / "tiny-bpe"
 TINY_WORDPIECE = ASSETS / "tiny-wordpiece"
 
 
-def tiny_llama(seed: int = 0, **overrides):
+def tiny_llama(seed: int = 0, sharpen: float = 20.0, **overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -26,7 +26,7 @@ def tiny_llama(seed: int = 0, **overrides):
     model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
     # Random init gives near-uniform logits (argmax ties); widen them so greedy paths are stable.
     with torch.no_grad():
-        model.model.embed_tokens.weight.mul_(20.0)
+        model.model.embed_tokens.weight.mul_(sharpen)
     return model
 
 

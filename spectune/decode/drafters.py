@@ -1,0 +1,114 @@
+"""Who proposes draft tokens. A drafter is any object with
+
+    propose(context: list[int], k: int, sampling, generator) -> (tokens, q)
+
+where q is (len(tokens), V) draft distributions, or None when the drafter is deterministic
+(its q is one-hot). The engine never looks inside: a trained draft plugs in the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..errors import SpectuneError
+from .sampling import Sampling, distribution, pick
+
+
+class LookupDrafter:
+    """Prompt look-up: continue the longest recent n-gram of the context that occurred before."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def propose(self, context: list[int], k: int, sampling: Sampling, generator) -> tuple[list[int], None]:
+        n_ctx = len(context)
+        for n in range(min(self.max_ngram, n_ctx - 1), self.min_ngram - 1, -1):
+            tail = context[n_ctx - n:]
+            # the most recent earlier occurrence whose continuation is known
+            for start in range(n_ctx - n - 1, -1, -1):
+                if context[start:start + n] == tail:
+                    follow = context[start + n:start + n + k]
+                    if follow:
+                        return follow, None
+        return [], None
+
+
+class ModelDrafter:
+    """A causal LM with the target's vocabulary, run autoregressively on its own KV cache."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+        self.cache = None
+        self.cached: list[int] = []  # the tokens whose keys/values the cache holds
+
+    @torch.no_grad()
+    def propose(self, context: list[int], k: int, sampling: Sampling, generator):
+        from .engine import forward
+
+        # Roll the cache back to the longest prefix it shares with the context, feed the rest.
+        common = 0
+        for a, b in zip(self.cached, context, strict=False):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(context) - 1)  # at least one token to feed, for fresh logits
+        if self.cache is not None and common < len(self.cached):
+            self.cache.crop(common - len(self.cached))
+        self.cached = self.cached[:common]
+        logits, self.cache = forward(self.model, context[common:], self.cache)
+        self.cached = list(context)
+        tokens, qs = [], []
+        seen = torch.tensor(context)
+        for i in range(k):
+            q = distribution(logits[-1], seen, sampling)  # (V,)
+            t = pick(q, generator)
+            tokens.append(t)
+            qs.append(q)
+            seen = torch.cat([seen, torch.tensor([t])])
+            if i + 1 < k:
+                logits, self.cache = forward(self.model, [t], self.cache)
+                self.cached.append(t)
+        return tokens, torch.stack(qs)
+
+
+def layers_drafter(target, n: int) -> ModelDrafter:
+    """Self-speculation: the target's first n layers, final norm and head, sharing its weights."""
+    layers = getattr(getattr(target, "model", None), "layers", None)
+    if layers is None or not hasattr(target.config, "num_hidden_layers"):
+        raise SpectuneError(f"{type(target).__name__}: layers:N drafting needs a decoder with model.layers",
+                            where="draft")
+    if not 1 <= n < len(layers):
+        raise SpectuneError(f"got layers:{n}, expected 1 to {len(layers) - 1} (the target has {len(layers)})",
+                            where="draft")
+    shallow = copy.copy(target)  # a new module object whose submodules are the target's own
+    shallow._modules = dict(target._modules)
+    inner = copy.copy(target.model)
+    inner._modules = dict(target.model._modules)
+    inner.config = copy.copy(target.model.config)
+    inner.config.num_hidden_layers = n  # the decoder loop runs layers[:num_hidden_layers]
+    shallow._modules["model"] = inner
+    shallow.config = inner.config
+    return ModelDrafter(shallow)
+
+
+def make_drafter(spec: str | None, target):
+    """`lookup`, `layers:N`, or a model spec (alias, folder, .gguf, hub id) with the same vocabulary."""
+    if not spec or spec == "none":
+        return None
+    if spec == "lookup":
+        return LookupDrafter()
+    if spec.startswith("layers:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise SpectuneError(f"got {spec!r}, expected layers:N with N an integer", where="draft") from None
+        return layers_drafter(target, n)
+    from ..loading import load_model
+
+    draft = load_model(spec, dtype="fp32").to(target.dtype)
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise SpectuneError(f"draft '{spec}' has a vocabulary of {draft.config.vocab_size} tokens, the target "
+                            f"{target.config.vocab_size}: a draft must share the target's tokenizer", where="draft")
+    return ModelDrafter(draft)
