@@ -95,15 +95,19 @@ def cmd_models_prepare(cfg: PrepareConfig) -> int:
 def cmd_generate(cfg: GenerateConfig) -> int:
     from .generate import Generator
 
-    gen = Generator(cfg.model, dtype=cfg.dtype)
-    options = {k: v for k, v in vars(cfg).items() if k not in ("model", "prompt", "dtype")}
+    gen = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft)
+    options = {k: v for k, v in vars(cfg).items() if k not in ("model", "prompt", "dtype", "draft")}
     for piece in gen.stream(cfg.prompt, **options):
         sys.stdout.write(piece)
         sys.stdout.flush()
     print()
     r = gen.last
     rate = r.new_tokens / r.seconds if r.seconds else 0.0
-    print(f"[{r.new_tokens} new tokens in {r.seconds:.2f} s, {rate:.1f} tokens/s]", file=sys.stderr)
+    spec = ""
+    if r.speculative:
+        spec = (f", {r.speculative['accepted']}/{r.speculative['drafted']} drafts accepted, "
+                f"tau {r.speculative['tau']:.2f} tokens per target pass")
+    print(f"[{r.new_tokens} new tokens in {r.seconds:.2f} s, {rate:.1f} tokens/s{spec}]", file=sys.stderr)
     return 0
 
 

@@ -69,6 +69,8 @@ class GenerateConfig:
                                               "(1: off)", min=0.01, max=100.0)
     seed: int | None = opt(None, help="random seed for sampling, for reproducible output")
     dtype: Dtype = opt("fp32", help="compute dtype of the model")
+    draft: str | None = opt(None, help="speculative decoding drafter: lookup (prompt n-grams), layers:N (the "
+                                       "target's first N layers), or a model with the same tokenizer")
 
     def check(self) -> None:
         if self.top_p == 0.0:

@@ -22,6 +22,7 @@ class GenerationResult:
     text: str
     new_tokens: int
     seconds: float
+    speculative: dict | None = None  # drafted, accepted, acceptance, target_passes, tau, per position
 
 
 def prompt_ids(tokenizer, prompt: str, *, raw: bool = False, system: str | None = None):
@@ -57,16 +58,20 @@ def generation_config(cfg: GenerateConfig, model, tokenizer):
 class Generator:
     """A loaded model and tokenizer, ready to answer many prompts."""
 
-    def __init__(self, model: str = "smollm2-135m", dtype: str = "fp32"):
+    def __init__(self, model: str = "smollm2-135m", dtype: str = "fp32", draft: str | None = None):
+        from .decode.drafters import make_drafter
+
         self.model_spec = model
         self.tokenizer = load_tokenizer(model)
         self.model = load_model(model, dtype=dtype)
+        # With a drafter, decoding goes through our engine (speculative); without, transformers.
+        self.drafter = make_drafter(draft, self.model)
 
     @classmethod
     def from_loaded(cls, model, tokenizer, name: str = "loaded") -> Generator:
         """Wrap a model already in memory (a fine-tuned run, a peft model)."""
         gen = cls.__new__(cls)
-        gen.model_spec, gen.model, gen.tokenizer = name, model, tokenizer
+        gen.model_spec, gen.model, gen.tokenizer, gen.drafter = name, model, tokenizer, None
         return gen
 
     def stream(self, prompt: str, **options) -> Iterator[str]:
@@ -75,6 +80,9 @@ class Generator:
 
         cfg = build(GenerateConfig, {"model": self.model_spec, "prompt": prompt, **options})
         ids = prompt_ids(self.tokenizer, cfg.prompt, raw=cfg.raw, system=cfg.system)
+        if self.drafter is not None:
+            yield from self._stream_speculative(ids[0].tolist(), cfg)
+            return
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         gen_cfg = generation_config(cfg, self.model, self.tokenizer)
         failure: list[BaseException] = []
@@ -107,6 +115,28 @@ class Generator:
         if failure:
             raise failure[0]
         self.last.text = "".join(pieces)
+
+    def _stream_speculative(self, ids: list[int], cfg: GenerateConfig) -> Iterator[str]:
+        from .decode.engine import Metrics, decode
+        from .decode.sampling import Sampling
+
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
+        sampling = Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+        m = Metrics()
+        self.last = GenerationResult("", 0, 0.0)
+        new: list[int] = []
+        text = ""
+        for chunk in decode(self.model, ids, sampling=sampling, max_new_tokens=cfg.max_new_tokens, eos=eos,
+                            drafter=self.drafter, seed=cfg.seed, metrics=m):
+            new += chunk
+            full = self.tokenizer.decode(new, skip_special_tokens=True)
+            if full.endswith("\ufffd"):
+                continue  # a character split across tokens: wait for its last byte
+            if len(full) > len(text):
+                yield full[len(text):]
+            text = full
+        self.last = GenerationResult(text, m.new_tokens, m.seconds, m.as_dict())
 
     def generate(self, prompt: str, **options) -> GenerationResult:
         """The whole continuation at once, with its token count and time."""

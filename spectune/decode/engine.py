@@ -30,6 +30,7 @@ def forward(model, ids: list[int], cache):
     return out.logits[0], cache
 
 
+GREEDY = Sampling()
 _PARAMS: dict[type, set[str]] = {}
 
 
@@ -90,7 +91,7 @@ class AdaptiveK:
 
 
 @torch.no_grad()
-def decode(model, prompt: list[int], *, sampling: Sampling = Sampling(), max_new_tokens: int = 128,
+def decode(model, prompt: list[int], *, sampling: Sampling = GREEDY, max_new_tokens: int = 128,
            eos: set[int] | None = None, drafter=None, k: int = 4, adaptive: bool = True, seed: int | None = None,
            metrics: Metrics | None = None) -> Iterator[list[int]]:
     """Yield the new tokens of each target pass; `metrics` (if given) is filled in as it goes."""
