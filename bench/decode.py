@@ -53,14 +53,14 @@ def main() -> None:
         ids = prompt_ids(tok, text)
         n_prompt = ids.shape[1]
 
-        def hf(**extra):
+        def hf(ids=ids, n_prompt=n_prompt, **extra):
             t0 = time.perf_counter()
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.max_new_tokens,
                                  do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                                  **extra)
             return out[0, n_prompt:].tolist(), time.perf_counter() - t0, None
 
-        def ours(draft):
+        def ours(draft, ids=ids):
             m = Metrics()
             drafter = make_drafter(draft, model)
             t0 = time.perf_counter()
