@@ -89,7 +89,8 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['prompt']} | {r['decoder']} | {r['new_tokens']} | {r['tokens_per_s']:.2f} | "
-                     f"{r['vs_transformers']:.2f}x | {r['tau'] or '-'} | {r['acceptance'] or '-'} | "
+                     f"{r['vs_transformers']:.2f}x | {'-' if r['tau'] is None else r['tau']} | "
+                     f"{'-' if r['acceptance'] is None else r['acceptance']} | "
                      f"{'yes' if r['exact'] else 'NO'} |")
     print("\n".join(lines))
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ class AdaptiveK:
     repeated misses at k=1 drafting pauses, so a poor drafter costs almost nothing."""
 
     def __init__(self, k: int = 4, k_max: int = 12):
-        self.k, self.k_max, self.misses, self.pause = k, k_max, 0, 0
+        self.k, self.k_max, self.misses, self.pause, self.pause_len = k, k_max, 0, 0, 8
 
     def next(self) -> int:
         if self.pause:
@@ -81,13 +81,17 @@ class AdaptiveK:
     def update(self, drafted: int, accepted: int) -> None:
         if drafted == 0:
             return
+        if accepted:
+            self.pause_len = 8
         if accepted == drafted:
             self.k, self.misses = min(self.k + 2, self.k_max), 0
         elif accepted < drafted / 2:
             self.k = max(1, self.k - 1)
             self.misses = self.misses + 1 if accepted == 0 else 0
             if self.k == 1 and self.misses >= 3:
-                self.pause, self.misses = 8, 0  # then probe again
+                # Pause, then probe again; each fruitless probe doubles the pause (up to 64 steps).
+                self.pause, self.misses = self.pause_len, 0
+                self.pause_len = min(2 * self.pause_len, 64)
 
 
 @torch.no_grad()

@@ -76,3 +76,20 @@ def test_killed_prepare_leaves_no_entry_and_prepare_again_works(tmp_path):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(finished[0]).config.num_hidden_layers == 30
+
+
+def test_speculative_greedy_on_smollm2_equals_transformers():
+    from spectune.decode.drafters import make_drafter
+    from spectune.decode.engine import Metrics, decode
+    from spectune.generate import prompt_ids
+
+    tok, model = load_tokenizer("smollm2-135m"), load_model("smollm2-135m")
+    ids = prompt_ids(tok, "Repeat exactly: the quick brown fox jumps over the lazy dog, and the dog sleeps on.")
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                         pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+    for draft in ("lookup", "layers:8"):
+        m = Metrics()
+        out = [t for c in decode(model, ids[0].tolist(), max_new_tokens=24, eos={tok.eos_token_id},
+                                 drafter=make_drafter(draft, model), metrics=m) for t in c]
+        assert out == ref[: len(out)] and (len(out) == 24 or out[-1] == tok.eos_token_id), draft
+    assert m.drafted > 0
