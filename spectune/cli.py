@@ -56,6 +56,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if tp is bool:
             parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=doc)
             continue
+        if list in (typing.get_origin(tp), *map(typing.get_origin, typing.get_args(tp))):
+            parser.add_argument(flag, action="append", default=argparse.SUPPRESS, help=doc + " (repeatable)",
+                                metavar=f.name.upper())
+            continue
         choices = typing.get_args(tp) if typing.get_origin(tp) is Literal else None
         parser.add_argument(flag, default=argparse.SUPPRESS, help=doc, choices=choices,
                             metavar=f.name.upper() if choices is None else None)
@@ -96,7 +100,12 @@ def cmd_generate(cfg: GenerateConfig) -> int:
     from .generate import Generator
 
     gen = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft)
-    options = {k: v for k, v in vars(cfg).items() if k not in ("model", "prompt", "dtype", "draft")}
+    options = {k: v for k, v in vars(cfg).items() if k not in ("model", "prompt", "prompts", "out", "dtype", "draft")}
+    if cfg.prompts:
+        from .generate import answer_file
+
+        answer_file(gen, cfg.prompts, cfg.out, **options)
+        return 0
     for piece in gen.stream(cfg.prompt, **options):
         sys.stdout.write(piece)
         sys.stdout.flush()

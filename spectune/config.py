@@ -56,7 +56,11 @@ class GenerateConfig:
     """`spectune generate`: continue a prompt, streaming the text as it comes."""
 
     model: str = opt(DEFAULT_CAUSAL_LM, help="alias, model folder, .gguf file or hub id")
-    prompt: str = opt(help="the prompt; wrapped in the model's chat template unless --raw")
+    prompt: str | None = opt(None, help="the prompt; wrapped in the model's chat template unless --raw")
+    prompts: str | None = opt(None, help="JSONL file of {\"id\", \"prompt\"} or {\"id\", \"messages\"} "
+                                         "lines, answered one by one")
+    out: str | None = opt(None, help="with --prompts: write the answers here as JSONL (default: stdout)")
+    stop: list[str] | None = opt(None, help="stop when this text appears (repeatable); it is not included")
     raw: bool = opt(False, help="feed the prompt as is, without the chat template")
     system: str | None = opt(None, help="system message for the chat template "
                                         "(default: the template's own)")
@@ -75,8 +79,12 @@ class GenerateConfig:
     def check(self) -> None:
         if self.top_p == 0.0:
             raise SpectuneError("must be above 0 (1 keeps every token)", where="top_p")
-        if not self.prompt.strip():
+        if (self.prompt is None) == (self.prompts is None):
+            raise SpectuneError("give exactly one of --prompt TEXT or --prompts FILE.jsonl", where="prompt")
+        if self.prompt is not None and not self.prompt.strip():
             raise SpectuneError("is empty; give the text to continue", where="prompt")
+        if self.stop and not all(self.stop):
+            raise SpectuneError("an empty stop string would stop at once", where="stop")
 
 
 @dataclass(kw_only=True)

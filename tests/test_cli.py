@@ -41,7 +41,7 @@ def test_prepare_and_list(tiny_gguf, capsys):
     (["generate", "--prompt", "hi", "--max-new-tokens", "lots"], "max_new_tokens: got 'lots', expected an integer"),
     (["generate", "--prompt", "hi", "--dtype", "fp8"], "invalid choice: 'fp8'"),
     (["generate", "--prompt", "hi", "--temprature", "1"], "unrecognized arguments: --temprature"),
-    (["generate"], "missing required option(s): prompt"),
+    (["generate"], "give exactly one of --prompt TEXT or --prompts FILE.jsonl"),
     (["models", "frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_user_mistakes_are_one_line_exit_2(args, expected):

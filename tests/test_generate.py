@@ -66,3 +66,41 @@ def test_errors_in_the_decoding_thread_reach_the_caller(gen, monkeypatch):
     monkeypatch.setattr(gen.model, "generate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         gen.generate("Hello")
+
+
+@pytest.mark.parametrize("draft", [None, "lookup"])
+def test_stop_strings_cut_the_text_on_both_paths(tiny_llama_dir, draft):
+    gen = Generator(str(tiny_llama_dir), draft=draft)
+    full = gen.generate("The quick brown fox", raw=True, max_new_tokens=24, temperature=1.0, seed=5).text
+    assert len(full) > 8
+    stop = full[4:7]
+    cut = gen.generate("The quick brown fox", raw=True, max_new_tokens=24, temperature=1.0, seed=5, stop=[stop])
+    assert cut.text == full[: full.index(stop)]
+    pieces = list(gen.stream("The quick brown fox", raw=True, max_new_tokens=24, temperature=1.0, seed=5,
+                             stop=[stop]))
+    assert "".join(pieces) == cut.text
+
+
+def test_speculative_path_gives_the_same_text(tiny_llama_dir):
+    plain = Generator(str(tiny_llama_dir)).generate("The capital of France", max_new_tokens=16)
+    spec = Generator(str(tiny_llama_dir), draft="layers:1").generate("The capital of France", max_new_tokens=16)
+    assert spec.text == plain.text and spec.speculative["target_passes"] >= 1
+
+
+def test_prompts_file_answers_each_line(tiny_llama_dir, tmp_path, capsys):
+    import json
+
+    from spectune.cli import main
+
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"id": "a", "prompt": "Hello"}) + "\n" +
+                 json.dumps({"id": 2, "messages": [{"role": "user", "content": "Hi"}]}) + "\n")
+    out = tmp_path / "r.jsonl"
+    assert main(["generate", "--model", str(tiny_llama_dir), "--prompts", str(f), "--out", str(out),
+                 "--max-new-tokens", "4", "--draft", "lookup"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", 2]
+    assert set(rows[0]) == {"id", "text", "new_tokens", "drafted", "accepted", "target_passes", "seconds"}
+    f.write_text('{"id": 1, "question": "x"}\n')
+    assert main(["generate", "--model", str(tiny_llama_dir), "--prompts", str(f)]) == 2
+    assert f"{f}:1: expected" in capsys.readouterr().err
