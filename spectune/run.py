@@ -60,6 +60,19 @@ def read_run(run_dir: str | Path) -> dict:
         raise SpectuneError(f"invalid JSON: {e}", where=str(f)) from None
 
 
+def max_positions(base: str) -> int | None:
+    """The longest input the base model's position embeddings allow, if it says."""
+    from transformers import AutoConfig
+
+    from .models import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(base).path)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None
+
+
 def build_model(task, base: str, labels: list[str] | None, dropout: float | None = None):
     """The task's head on a resolved base model, loaded from safetensors."""
     import torch

@@ -23,7 +23,16 @@ import torch
 
 from .config import TrainConfig, build
 from .errors import SpectuneError
-from .run import RUN_FILE, build_model, load_run, read_run, save_model, swap_into, write_json_atomic
+from .run import (
+    RUN_FILE,
+    build_model,
+    load_run,
+    max_positions,
+    read_run,
+    save_model,
+    swap_into,
+    write_json_atomic,
+)
 from .tuning import TuningOptions, apply_tuning, count_parameters
 
 LOWER_IS_BETTER = ("loss", "perplexity")
@@ -81,6 +90,10 @@ def train(cfg: TrainConfig) -> dict:
 
     # Data first: a mistake in any file is reported before minutes of model loading.
     tok = load_tokenizer(cfg.model)
+    limit = max_positions(cfg.model)
+    if limit and cfg.max_length > limit:
+        say(f"note: --max-length {cfg.max_length} is beyond what {cfg.model} can take; using {limit}")
+        cfg = dataclasses.replace(cfg, max_length=limit)
     task = make_task(cfg.task, tok, max_length=cfg.max_length, **task_options(cfg))
     train_rows = _first(task.read(cfg.train, "train"), cfg.max_train_examples)
     dev_rows = _first(task.read(cfg.dev, "dev"), cfg.max_eval_examples) if cfg.dev else None

