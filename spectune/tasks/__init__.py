@@ -39,3 +39,9 @@ def pad(seqs: list[list[int]], value: int):
     width = max(len(s) for s in seqs)
     return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
 
+
+def logits_of(model, batch):
+    """The model's logits for a padded batch, without building a KV cache: training and scoring
+    never reuse one, and decoders build it by default (a concatenation per layer per step)."""
+    extra = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None else {}
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits

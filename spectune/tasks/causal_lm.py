@@ -13,7 +13,7 @@ import torch
 
 from ..data.chat import LMExample, read_lm
 from ..errors import SpectuneError
-from . import pad
+from . import logits_of, pad
 
 IGNORE = -100
 
@@ -105,7 +105,7 @@ class CausalLM:
                 "labels": pad([f["labels"] for f in feats], IGNORE)}
 
     def loss(self, model, batch, reduction: str = "mean") -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+        logits = logits_of(model, batch)  # (B, T, V)
         # Position t predicts token t+1. Shift the labels, not the logits: a sliced (B, T-1, V) view
         # would be copied by flatten, another 200 MB at batch 4 x 256 with a 49k vocabulary.
         targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # (B, T)

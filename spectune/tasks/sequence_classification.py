@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..data.tabular import LabelledText, read_labelled
-from . import check_known_labels, pad
+from . import check_known_labels, logits_of, pad
 
 
 class SequenceClassification:
@@ -51,7 +51,7 @@ class SequenceClassification:
                 "labels": torch.tensor([f["label"] for f in feats], dtype=torch.long)}
 
     def logits(self, model, batch) -> torch.Tensor:
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()  # (B, L)
+        return logits_of(model, batch).float()  # (B, L)
 
     def loss(self, model, batch, logits=None) -> torch.Tensor:
         logits = self.logits(model, batch) if logits is None else logits

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..data.conll import Sentence, read_tagged
-from . import check_known_labels, pad
+from . import check_known_labels, logits_of, pad
 
 IGNORE = -100
 
@@ -92,7 +92,7 @@ class TokenClassification:
 
     def loss(self, model, batch, logits=None) -> torch.Tensor:
         if logits is None:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, L)
+            logits = logits_of(model, batch)  # (B, T, L)
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
                                                  ignore_index=IGNORE)
 
@@ -104,7 +104,7 @@ class TokenClassification:
         for i in range(0, len(feats), batch_size):
             chunk = feats[i:i + batch_size]
             b = self.collate(chunk)
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits  # (B, T, L)
+            logits = logits_of(model, b)  # (B, T, L)
             if losses is not None:
                 losses.append((float(self.loss(model, b, logits)), len(chunk)))
             pred = logits.argmax(-1)  # (B, T)
