@@ -136,3 +136,15 @@ def test_seeded_speculative_sampling_is_reproducible(target):
     b, _ = run(target, layers_drafter(target, 1), sampling=s, seed=3)
     c, _ = run(target, layers_drafter(target, 1), sampling=s, seed=4)
     assert a == b and a != c
+
+
+def test_greedy_with_a_repetition_penalty_matches_transformers(target):
+    """The general verification path (distributions, not argmaxes) under a penalty that depends on
+    the drafts before each position."""
+    s = Sampling(repetition_penalty=1.3)
+    hf = target.generate(torch.tensor([PROMPT]), max_new_tokens=30, do_sample=False, repetition_penalty=1.3,
+                         pad_token_id=0, eos_token_id=None)[0, len(PROMPT):].tolist()
+    plain, _ = run(target, None, n=30, sampling=s)
+    assert plain == hf
+    for drafter in (Oracle(plain), LookupDrafter(), layers_drafter(target, 1)):
+        assert run(target, drafter, n=30, sampling=s)[0] == plain

@@ -106,7 +106,10 @@ def decode(model, prompt: list[int], *, sampling: Sampling = GREEDY, max_new_tok
     tokens = list(prompt)
     logits, cache = forward(model, tokens, None)  # prefill
     m.target_passes += 1
-    last = pick(distribution(logits[-1], torch.tensor(tokens), sampling), gen)
+    # Greedy without a penalty needs only argmaxes: no (k+1, V) distributions on the hot path.
+    fast_greedy = sampling.greedy and sampling.repetition_penalty == 1.0
+    last = int(logits[-1].argmax()) if fast_greedy else pick(distribution(logits[-1], torch.tensor(tokens),
+                                                                          sampling), gen)
     plan = AdaptiveK(k) if adaptive else None
     while True:
         tokens.append(last)
@@ -125,11 +128,18 @@ def decode(model, prompt: list[int], *, sampling: Sampling = GREEDY, max_new_tok
             q = q[: len(drafts)]
         logits, cache = forward(model, [last, *drafts], cache)  # (1 + len(drafts), V)
         m.target_passes += 1
-        # Target distributions at each position, with the penalty seeing the drafts before it.
-        ctx = torch.tensor(tokens)
-        p = torch.stack([distribution(logits[i], torch.cat([ctx, torch.tensor(drafts[:i], dtype=torch.long)]),
-                                      sampling) for i in range(len(drafts) + 1)])
-        n_ok, nxt = verify(p, drafts, q, gen)
+        if fast_greedy:  # verify's greedy case: accept while the draft is the target's argmax
+            best = logits.argmax(-1).tolist()  # (1 + len(drafts),)
+            n_ok = 0
+            while n_ok < len(drafts) and drafts[n_ok] == best[n_ok]:
+                n_ok += 1
+            nxt = best[n_ok]
+        else:
+            # Target distributions at each position, with the penalty seeing the drafts before it.
+            ctx = torch.tensor(tokens)
+            p = torch.stack([distribution(logits[i], torch.cat([ctx, torch.tensor(drafts[:i], dtype=torch.long)]),
+                                          sampling) for i in range(len(drafts) + 1)])
+            n_ok, nxt = verify(p, drafts, q, gen)
         if drafts:
             m.drafted += len(drafts)
             m.accepted += n_ok
