@@ -138,10 +138,6 @@ class TrainConfig:
         missing = [f for f in ("task", "model", "train") if getattr(self, f) is None]
         if missing and not self.resume:  # a resumed run takes them from its spectune.json
             raise SpectuneError(f"missing required option(s): {', '.join(missing)}")
-        if self.metric and self.metric not in ("f1", "precision", "recall", "accuracy", "macro_f1", "loss",
-                                               "perplexity"):
-            raise SpectuneError(f"got {self.metric!r}, expected f1, precision, recall, accuracy, macro_f1, "
-                                "loss or perplexity", where="metric")
         if self.patience and not self.dev:
             raise SpectuneError("early stopping needs a dev file (--dev)", where="patience")
 

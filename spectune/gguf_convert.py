@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import swap_into, write_json_atomic
 from .errors import SpectuneError
 
 SOURCE_FILE = "spectune-source.json"  # written last inside the temporary folder: marks a finished entry
@@ -91,15 +92,8 @@ def file_sha256(path: Path, progress: bool = False) -> str:
             h.update(chunk)
             bar.update(len(chunk))
     memo[key] = h.hexdigest()
-    _write_json_atomic(memo_path, memo)
+    write_json_atomic(memo_path, memo)
     return memo[key]
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def entry_dir(path: Path, sha: str, dtype: str) -> Path:
@@ -168,12 +162,8 @@ def convert_gguf(path: Path, dtype: str = "fp32", force: bool = False, progress:
 
 def _commit(tmp: Path, final: Path) -> None:
     """Rename the finished folder into place; the rename is the only step a reader can observe."""
-    if final.exists():  # --force, or an older unfinished layout: move it away first
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.replace(final, old)
-        shutil.rmtree(old, ignore_errors=True)
-    try:
-        os.replace(tmp, final)
+    try:  # with --force the old entry moves to .old-..., which a later sweep removes if we die
+        swap_into(tmp, final, old=final.with_name(f".old-{final.name}-{os.getpid()}"))
     except OSError:
         # Another process finished the same conversion first: theirs is as good as ours.
         if not (final / SOURCE_FILE).is_file():

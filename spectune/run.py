@@ -12,40 +12,13 @@ never corrupts the best model or the last checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
+from .atomic import write_atomic
 from .errors import SpectuneError
 
 RUN_FILE = "spectune.json"
 PEFT_METHODS = ("lora", "prompt")
-
-
-def write_atomic(folder: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) then swap tmp into `folder`; the old folder survives until the swap."""
-    folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    swap_into(tmp, folder)
-
-
-def swap_into(tmp: Path, folder: Path) -> None:
-    """Replace `folder` by the finished `tmp` with renames only (each one atomic)."""
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
 
 
 def read_run(run_dir: str | Path) -> dict:

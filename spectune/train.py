@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import shutil
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import swap_into, write_json_atomic
 from .config import TrainConfig, build
 from .errors import SpectuneError
 from .run import (
@@ -30,8 +32,6 @@ from .run import (
     max_positions,
     read_run,
     save_model,
-    swap_into,
-    write_json_atomic,
 )
 from .tuning import TuningOptions, apply_tuning, count_parameters
 
@@ -149,7 +149,7 @@ def train(cfg: TrainConfig) -> dict:
              "history": [], "loss_sum": 0.0, "loss_count": 0, "tokens": 0, "seconds": 0.0}
     if cfg.resume:
         accelerator.load_state(str(ckpt), strict=False)
-        state = _read_json(ckpt / "trainer_state.json")
+        state = json.loads((ckpt / "trainer_state.json").read_text())
         scheduler.load_state_dict(state.pop("scheduler"))
         info = {**read_run(out), "status": "running"}
         say(f"resuming from step {state['step']} (epoch {state['epoch'] + 1}, batch {state['batches_in_epoch']})")
@@ -332,12 +332,6 @@ def _plot_curves(path: Path, history: list[dict], metric: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(Path(path).read_text())
 
 
 def _versions() -> dict:
