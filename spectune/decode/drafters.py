@@ -3,7 +3,8 @@
     propose(context: list[int], k: int, sampling, generator) -> (tokens, q)
 
 where q is (len(tokens), V) draft distributions, or None when the drafter is deterministic
-(its q is one-hot). The engine never looks inside: a trained draft plugs in the same way.
+(its q is one-hot), and, if it keeps per-sequence state, `fork()` -> a drafter for another row
+of a batch. The engine never looks inside: a trained draft plugs in the same way.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class ModelDrafter:
         self.model = model.eval()
         self.cache = None
         self.cached: list[int] = []  # the tokens whose keys/values the cache holds
+
+    def fork(self) -> ModelDrafter:
+        """A drafter for another row of a batch: the same weights, its own cache."""
+        return ModelDrafter(self.model)
 
     @torch.no_grad()
     def propose(self, context: list[int], k: int, sampling: Sampling, generator):

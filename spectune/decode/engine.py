@@ -1,9 +1,14 @@
-"""The decoding loop (batch 1): prefill, then either one target pass per token, or draft k tokens,
-verify them in one target pass over k+1 positions, keep the accepted prefix and roll the KV cache
-back over the rest.
+"""The decoding loop, batched: prefill, then one target pass per step for every row of the batch,
+feeding each row its last token alone (plain) or followed by its drafts (speculative), verifying
+the drafts, keeping each row's accepted prefix and rolling the rest of the KV cache back.
 
-Invariant: the target's cache holds every emitted token except the last one, `last`, which is
-fed at the start of the next pass (alone, or in front of the drafts).
+Rows are independent requests: own sampling settings, seed, drafter state, stop conditions and
+metrics; a row that ends (EOS, length, cancelled) leaves the batch, and new requests can join a
+running batch between steps (continuous batching). Ragged lengths live in one cache, see
+ragged_cache.py. Batch 1 is the same loop with one row.
+
+Invariant: the target's cache holds every emitted token of a row except its last one, `last`,
+which is fed at the start of the next pass (alone, or in front of the drafts).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import ragged_cache
 from .sampling import Sampling, distribution, pick
 from .speculative import verify
 
@@ -94,74 +100,178 @@ class AdaptiveK:
                 self.pause_len = min(2 * self.pause_len, 64)
 
 
-@torch.no_grad()
-def decode(model, prompt: list[int], *, sampling: Sampling = GREEDY, max_new_tokens: int = 128,
-           eos: set[int] | None = None, drafter=None, k: int = 4, adaptive: bool = True, seed: int | None = None,
-           metrics: Metrics | None = None) -> Iterator[list[int]]:
-    """Yield the new tokens of each target pass; `metrics` (if given) is filled in as it goes."""
-    m = metrics if metrics is not None else Metrics()
-    eos = eos or set()
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    t0 = time.perf_counter()
-    tokens = list(prompt)
-    logits, cache = forward(model, tokens, None)  # prefill
-    m.target_passes += 1
-    # Greedy without a penalty needs only argmaxes: no (k+1, V) distributions on the hot path.
-    fast_greedy = sampling.greedy and sampling.repetition_penalty == 1.0
-    last = int(logits[-1].argmax()) if fast_greedy else pick(distribution(logits[-1], torch.tensor(tokens),
-                                                                          sampling), gen)
-    plan = AdaptiveK(k) if adaptive else None
-    while True:
-        tokens.append(last)
-        emitted = [last]
-        done = last in eos or m.new_tokens + 1 >= max_new_tokens
-        m.new_tokens += 1
-        m.seconds = time.perf_counter() - t0
-        yield emitted
-        if done:
-            return
-        budget = max_new_tokens - m.new_tokens  # tokens we may still emit
-        want = min(plan.next() if plan else k, budget - 1) if drafter is not None else 0
-        drafts, q = drafter.propose(tokens, want, sampling, gen) if want > 0 else ([], None)
-        drafts = drafts[:want]
-        if q is not None:
-            q = q[: len(drafts)]
-        logits, cache = forward(model, [last, *drafts], cache)  # (1 + len(drafts), V)
-        m.target_passes += 1
-        if fast_greedy:  # verify's greedy case: accept while the draft is the target's argmax
-            best = logits.argmax(-1).tolist()  # (1 + len(drafts),)
+def forward_batch(model, input_ids: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
+    """Logits (B, T, V) for input_ids (B, T) appended to `cache`; mask (B, S+T) says which cache
+    columns each row attends to; each row's positions count only its own attended columns."""
+    positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]  # (B, T)
+    key = "cache" if "cache" in _forward_params(type(model)) else "past_key_values"
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{key: cache})
+    return out.logits
+
+
+@dataclass(eq=False)
+class Request:
+    """One prompt to continue; the engine fills in `metrics` and `finish_reason` as it goes."""
+
+    prompt: list[int]
+    sampling: Sampling = GREEDY
+    max_new_tokens: int = 128
+    eos: set[int] = field(default_factory=set)
+    seed: int | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    cancelled: bool = False  # set by a consumer that stops reading (a stop string, a closed connection)
+    finish_reason: str | None = None  # "stop" (EOS), "length", "cancelled"
+
+    def _start(self, drafter, k: int, adaptive: bool) -> None:
+        if not self.prompt:
+            raise ValueError("a prompt needs at least one token")
+        self.tokens = list(self.prompt)  # prompt + every emitted token (the drafters' and penalty's context)
+        self.gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        self.drafter = drafter.fork() if hasattr(drafter, "fork") else drafter  # per-row draft state
+        self.plan = AdaptiveK(k) if adaptive else None
+        self.k = k
+        # Greedy without a penalty needs only argmaxes: no (k+1, V) distributions on the hot path.
+        self.fast = self.sampling.greedy and self.sampling.repetition_penalty == 1.0
+        self.t0 = time.perf_counter()
+
+    def _emit(self, accepted: list[int], nxt: int) -> list[int]:
+        """Append the accepted drafts and the next token, up to EOS or the length limit."""
+        out = []
+        for t in [*accepted, nxt]:
+            out.append(t)
+            self.metrics.new_tokens += 1
+            if t in self.eos:
+                self.finish_reason = "stop"
+                break
+            if self.metrics.new_tokens >= self.max_new_tokens:
+                self.finish_reason = "length"
+                break
+        self.tokens.extend(out)
+        self.last = out[-1]
+        self.metrics.seconds = time.perf_counter() - self.t0
+        return out
+
+    def _pick(self, logits: torch.Tensor, best: list[int], drafts: list[int], q) -> tuple[int, int]:
+        """(drafts accepted, next token) from this row's logits (1 + len(drafts), V)."""
+        if self.fast:  # verify's greedy case: accept while the draft is the target's argmax
             n_ok = 0
             while n_ok < len(drafts) and drafts[n_ok] == best[n_ok]:
                 n_ok += 1
-            nxt = best[n_ok]
+            return n_ok, best[n_ok]
+        # Target distributions at each position, with the penalty seeing the drafts before it.
+        ctx = torch.tensor(self.tokens)
+        p = torch.stack([distribution(logits[i], torch.cat([ctx, torch.tensor(drafts[:i], dtype=torch.long)]),
+                                      self.sampling) for i in range(len(drafts) + 1)])
+        return verify(p, drafts, q, self.gen)
+
+
+class Batch:
+    """The rows being decoded together and their shared, ragged KV cache."""
+
+    def __init__(self, model, *, drafter=None, k: int = 4, adaptive: bool = True, pad_id: int = 0):
+        self.model, self.drafter, self.k, self.adaptive, self.pad_id = model, drafter, k, adaptive, pad_id
+        self.rows: list[Request] = []
+        self.cache = None
+        self.mask = torch.zeros((0, 0), dtype=torch.long)  # (B, S): which cache columns each row sees
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @torch.no_grad()
+    def add(self, requests: list[Request]) -> list[tuple[Request, list[int]]]:
+        """Prefill new requests and join them to the batch; returns each one's first token."""
+        from transformers import DynamicCache
+
+        for r in requests:
+            r._start(self.drafter, self.k, self.adaptive)
+        ids, mask = ragged_cache.left_pad([r.prompt for r in requests], self.pad_id)
+        cache = DynamicCache(config=self.model.config)
+        logits = forward_batch(self.model, ids, mask, cache)[:, -1]  # (b, V)
+        best = logits.argmax(-1).tolist()
+        events = []
+        for b, r in enumerate(requests):
+            r.metrics.target_passes += 1
+            _, first = r._pick(logits[b : b + 1], best[b : b + 1], [], None)
+            events.append((r, r._emit([], first)))
+        if self.rows:
+            self.cache, self.mask = ragged_cache.merge(self.cache, self.mask, cache, mask)
         else:
-            # Target distributions at each position, with the penalty seeing the drafts before it.
-            ctx = torch.tensor(tokens)
-            p = torch.stack([distribution(logits[i], torch.cat([ctx, torch.tensor(drafts[:i], dtype=torch.long)]),
-                                          sampling) for i in range(len(drafts) + 1)])
-            n_ok, nxt = verify(p, drafts, q, gen)
-        if drafts:
-            m.drafted += len(drafts)
-            m.accepted += n_ok
-            while len(m.per_position) < len(drafts):
-                m.per_position.append([0, 0])
-            for i in range(len(drafts)):
-                m.per_position[i][1] += 1
-                m.per_position[i][0] += int(i < n_ok)
-            if plan:
-                plan.update(len(drafts), n_ok)
-            if n_ok < len(drafts):
-                cache.crop(n_ok - len(drafts))  # forget the rejected drafts' keys and values
-        accepted = drafts[:n_ok]
-        for i, t in enumerate(accepted):  # an EOS inside the accepted block ends the sequence there
-            if t in eos:
-                accepted = accepted[: i + 1]
-                break
-        if accepted:
-            tokens.extend(accepted)
-            m.new_tokens += len(accepted)
-            m.seconds = time.perf_counter() - t0
-            yield accepted
-            if accepted[-1] in eos:
+            self.cache, self.mask = cache, mask
+        self.rows += requests
+        self._drop_finished()
+        return events
+
+    @torch.no_grad()
+    def step(self) -> list[tuple[Request, list[int]]]:
+        """One target pass for every row: returns (request, new tokens) for each."""
+        plan = []
+        for r in self.rows:
+            budget = r.max_new_tokens - r.metrics.new_tokens  # tokens this row may still emit
+            want = min(r.plan.next() if r.plan else r.k, budget - 1) if r.drafter is not None else 0
+            drafts, q = r.drafter.propose(r.tokens, want, r.sampling, r.gen) if want > 0 else ([], None)
+            drafts = drafts[:want]
+            plan.append((drafts, q[: len(drafts)] if q is not None else None))
+        width = 1 + max(len(d) for d, _ in plan)
+        ids = torch.full((len(self.rows), width), self.pad_id, dtype=torch.long)  # (B, 1 + K)
+        new = torch.zeros((len(self.rows), width), dtype=self.mask.dtype)
+        for b, (r, (drafts, _)) in enumerate(zip(self.rows, plan, strict=True)):
+            ids[b, : 1 + len(drafts)] = torch.tensor([r.last, *drafts])
+            new[b, : 1 + len(drafts)] = 1
+        self.mask = torch.cat([self.mask, new], 1)
+        logits = forward_batch(self.model, ids, self.mask, self.cache)  # (B, 1 + K, V)
+        best = logits.argmax(-1).tolist()  # (B, 1 + K)
+        events, keep = [], []
+        for b, (r, (drafts, q)) in enumerate(zip(self.rows, plan, strict=True)):
+            m = r.metrics
+            m.target_passes += 1
+            n_ok, nxt = r._pick(logits[b], best[b], drafts, q)
+            keep.append(1 + n_ok)  # `last` and the accepted drafts stay in the cache
+            if drafts:
+                m.drafted += len(drafts)
+                m.accepted += n_ok
+                while len(m.per_position) < len(drafts):
+                    m.per_position.append([0, 0])
+                for i in range(len(drafts)):
+                    m.per_position[i][1] += 1
+                    m.per_position[i][0] += int(i < n_ok)
+                if r.plan:
+                    r.plan.update(len(drafts), n_ok)
+            events.append((r, r._emit(drafts[:n_ok], nxt)))
+        self.cache, self.mask = ragged_cache.crop(self.cache, self.mask, keep, width)
+        self._drop_finished()
+        return events
+
+    def _drop_finished(self) -> None:
+        for r in self.rows:
+            if r.cancelled and r.finish_reason is None:
+                r.finish_reason = "cancelled"
+        live = [b for b, r in enumerate(self.rows) if r.finish_reason is None]
+        if len(live) < len(self.rows):
+            self.rows = [self.rows[b] for b in live]
+            if not live:
+                self.cache, self.mask = None, self.mask[:0, :0]
                 return
-        last = nxt
+            self.cache, self.mask = ragged_cache.select(self.cache, self.mask, live)
+        # Columns no row attends to (rejected drafts, a departed row's long prompt) still cost attention.
+        if self.mask.shape[1] > 32 and ragged_cache.holes(self.mask) > 0.25:
+            self.cache, self.mask = ragged_cache.compact(self.cache, self.mask)
+
+
+def decode(model, prompt: list[int], *, sampling: Sampling = GREEDY, max_new_tokens: int = 128,
+           eos: set[int] | None = None, drafter=None, k: int = 4, adaptive: bool = True, seed: int | None = None,
+           metrics: Metrics | None = None) -> Iterator[list[int]]:
+    """Batch 1: yield the new tokens of each target pass; `metrics` (if given) is filled in as it goes."""
+    request = Request(list(prompt), sampling, max_new_tokens, set(eos or ()), seed,
+                      metrics if metrics is not None else Metrics())
+    for events in decode_batch(model, [request], drafter=drafter, k=k, adaptive=adaptive):
+        for _, tokens in events:
+            yield tokens
+
+
+def decode_batch(model, requests: list[Request], *, drafter=None, k: int = 4, adaptive: bool = True,
+                 pad_id: int = 0) -> Iterator[list[tuple[Request, list[int]]]]:
+    """Decode all `requests` together; yield, per target pass, (request, new tokens) for each row."""
+    batch = Batch(model, drafter=drafter, k=k, adaptive=adaptive, pad_id=pad_id)
+    yield batch.add(requests)
+    while batch:
+        yield batch.step()

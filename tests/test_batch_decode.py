@@ -1,0 +1,161 @@
+"""Batched decoding's promises: each row of a batch gets exactly what it gets alone (greedy and
+seeded sampling, plain and speculative), whatever the other rows' lengths, drafts accepted, stop
+conditions, arrivals and departures; the ragged cache after rejections is as if the rejected
+tokens had never been seen."""
+
+import pytest
+import torch
+from test_decode import sharp_llama
+
+from spectune.decode import ragged_cache
+from spectune.decode.drafters import LookupDrafter, ModelDrafter, layers_drafter
+from spectune.decode.engine import Batch, Metrics, Request, decode, decode_batch, forward
+from spectune.decode.sampling import Sampling
+
+PROMPTS = [[5, 9, 33, 70, 5, 9, 33, 12],
+           [17, 4, 4, 90, 21, 17, 4, 4, 90, 21, 8, 3, 17, 4, 4, 90, 21, 8, 3, 17],
+           [101, 7],
+           [60, 61, 62, 63, 64, 65, 66, 67, 68, 60, 61, 62]]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return sharp_llama()
+
+
+def solo(model, prompt, n=30, **kw):
+    return [t for chunk in decode(model, prompt, max_new_tokens=n, **kw) for t in chunk]
+
+
+@pytest.fixture(scope="module")
+def alone(target):
+    return [solo(target, p) for p in PROMPTS]
+
+
+def batched(model, requests, **kw):
+    out = {id(r): [] for r in requests}
+    for events in decode_batch(model, requests, **kw):
+        for r, tokens in events:
+            out[id(r)] += tokens
+    return [out[id(r)] for r in requests]
+
+
+class Oracle:  # knows each prompt's true continuation
+    def __init__(self, truths):
+        self.truths = {tuple(p): t for p, t in zip(PROMPTS, truths, strict=True)}
+
+    def propose(self, ctx, k, sampling, gen):
+        for p, truth in self.truths.items():
+            if tuple(ctx[: len(p)]) == p:
+                done = len(ctx) - len(p)
+                return truth[done:done + k], None
+        return [], None
+
+
+class Contrarian(Oracle):
+    def propose(self, ctx, k, sampling, gen):
+        right, _ = super().propose(ctx, k, sampling, gen)
+        return [(t + 1) % 384 for t in right], None
+
+
+class RightForTheFirst(Oracle):  # rows accept different numbers of drafts: holes in the cache
+    def propose(self, ctx, k, sampling, gen):
+        right, _ = super().propose(ctx, k, sampling, gen)
+        return (right if tuple(ctx[: len(PROMPTS[0])]) == tuple(PROMPTS[0]) else [(t + 1) % 384 for t in right]), None
+
+
+def test_plain_batch_rows_equal_their_solo_runs(target, alone):
+    assert batched(target, [Request(p, max_new_tokens=30) for p in PROMPTS]) == alone
+
+
+def test_speculative_batch_equals_plain_for_every_drafter(target, alone):
+    for name, drafter in [("oracle", Oracle(alone)), ("contrarian", Contrarian(alone)),
+                          ("mixed", RightForTheFirst(alone)), ("lookup", LookupDrafter()),
+                          ("layers:1", layers_drafter(target, 1)), ("model", ModelDrafter(sharp_llama(seed=5)))]:
+        requests = [Request(p, max_new_tokens=30) for p in PROMPTS]
+        assert batched(target, requests, drafter=drafter) == alone, name
+        assert all(r.metrics.new_tokens == 30 and r.finish_reason == "length" for r in requests)
+    requests = [Request(p, max_new_tokens=30) for p in PROMPTS]
+    batched(target, requests, drafter=Oracle(alone))
+    assert all(r.metrics.acceptance == 1.0 and r.metrics.tau > 3 for r in requests)
+
+
+def test_rows_stop_on_their_own(target, alone):
+    eos = alone[1][6]  # row 1 meets this token at its 7th step (other rows may meet it too)
+    requests = [Request(p, max_new_tokens=n, eos={eos}) for p, n in zip(PROMPTS, (30, 30, 5, 12), strict=True)]
+    outs = batched(target, requests, drafter=Oracle(alone))
+    for out, a, r, n in zip(outs, alone, requests, (30, 30, 5, 12), strict=True):
+        cut = a.index(eos) + 1 if eos in a[:n] else n
+        assert out == a[:cut]
+        assert r.finish_reason == ("stop" if eos in a[:n] else "length")
+    assert requests[1].finish_reason == "stop" and len(outs[1]) <= 7
+
+
+def test_requests_joining_and_leaving_a_running_batch(target, alone, monkeypatch):
+    """Continuous batching: a request added mid-way, one cancelled, one short; the long-prompt row leaves
+    early so the cache is compacted; every surviving row still gets its solo output."""
+    compactions = []
+    real = ragged_cache.compact
+    monkeypatch.setattr(ragged_cache, "compact", lambda *a: compactions.append(1) or real(*a))
+    batch = Batch(target, drafter=LookupDrafter())
+    first = [Request(PROMPTS[0], max_new_tokens=30), Request(PROMPTS[1], max_new_tokens=3),
+             Request(PROMPTS[2], max_new_tokens=30)]
+    out = {id(r): [] for r in first}
+    events = batch.add(first)
+    late = Request(PROMPTS[3], max_new_tokens=30)
+    out[id(late)] = []
+    for step in range(100):
+        for r, tokens in events:
+            out[id(r)] += tokens
+        if not batch:
+            break
+        if step == 3:
+            events = batch.add([late])
+            first[2].cancelled = True
+            continue
+        events = batch.step()
+    assert out[id(first[0])] == alone[0]
+    assert out[id(first[1])] == alone[1][:3]
+    assert first[2].finish_reason == "cancelled" and out[id(first[2])] == alone[2][: len(out[id(first[2])])]
+    assert out[id(late)] == alone[3]
+    assert compactions
+
+
+def test_cache_after_rejections_is_as_if_they_were_never_seen(target, alone):
+    batch = Batch(target, drafter=RightForTheFirst(alone), adaptive=False)
+    requests = [Request(p, max_new_tokens=30) for p in PROMPTS]
+    batch.add(requests)
+    for _ in range(4):
+        batch.step()
+    m = batch.mask
+    assert (m[:, 1:] < m[:, :-1]).any()  # a row's rejected drafts left masked columns after its own
+    probe = torch.tensor([[r.last] for r in batch.rows])
+    mask = torch.cat([batch.mask, torch.ones((len(batch), 1), dtype=batch.mask.dtype)], 1)
+    from spectune.decode.engine import forward_batch
+    got = forward_batch(target, probe, mask, batch.cache)[:, -1]  # (B, V)
+    for b, r in enumerate(batch.rows):
+        fresh, _ = forward(target, r.tokens, None)  # the row's whole context, never a rejected token
+        torch.testing.assert_close(got[b], fresh[-1], atol=1e-4, rtol=1e-4)
+
+
+def test_seeded_sampling_in_a_batch_equals_alone(target):
+    s = Sampling(temperature=0.8, top_p=0.9)
+    for drafter in (None, LookupDrafter()):
+        want = [solo(target, p, sampling=s, seed=10 + i, drafter=drafter) for i, p in enumerate(PROMPTS)]
+        got = batched(target, [Request(p, sampling=s, seed=10 + i, max_new_tokens=30) for i, p in enumerate(PROMPTS)],
+                      drafter=drafter)
+        assert got == want
+
+
+def test_compact_keeps_each_rows_columns_in_order():
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    keys = torch.arange(2 * 1 * 5 * 2, dtype=torch.float).view(2, 1, 5, 2)  # (B, H, T, D)
+    cache.update(keys, keys + 100, 0)
+    mask = torch.tensor([[0, 1, 0, 1, 1], [1, 1, 0, 0, 1]])
+    cache, new = ragged_cache.compact(cache, mask)
+    assert new.tolist() == [[1, 1, 1], [1, 1, 1]]
+    assert cache.layers[0].keys[0, 0, :, 0].tolist() == keys[0, 0, [1, 3, 4], 0].tolist()
+    assert cache.layers[0].values[1, 0, :, 0].tolist() == (keys[1, 0, [0, 1, 4], 0] + 100).tolist()
+    assert Metrics().tau == 0.0
