@@ -100,11 +100,12 @@ def cmd_generate(cfg: GenerateConfig) -> int:
     from .generate import Generator
 
     gen = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft)
-    options = {k: v for k, v in vars(cfg).items() if k not in ("model", "prompt", "prompts", "out", "dtype", "draft")}
+    options = {k: v for k, v in vars(cfg).items()
+               if k not in ("model", "prompt", "prompts", "out", "dtype", "draft", "batch_size", "skip_bad")}
     if cfg.prompts:
         from .generate import answer_file
 
-        answer_file(gen, cfg.prompts, cfg.out, **options)
+        answer_file(gen, cfg.prompts, cfg.out, batch_size=cfg.batch_size, skip_bad=cfg.skip_bad, **options)
         return 0
     for piece in gen.stream(cfg.prompt, **options):
         sys.stdout.write(piece)

@@ -58,7 +58,7 @@ class GenerateConfig:
     model: str = opt(DEFAULT_CAUSAL_LM, help="alias, model folder, .gguf file or hub id")
     prompt: str | None = opt(None, help="the prompt; wrapped in the model's chat template unless --raw")
     prompts: str | None = opt(None, help="JSONL file of {\"id\", \"prompt\"} or {\"id\", \"messages\"} "
-                                         "lines, answered one by one")
+                                         "lines, answered in batches of --batch-size")
     out: str | None = opt(None, help="with --prompts: write the answers here as JSONL (default: stdout)")
     stop: list[str] | None = opt(None, help="stop when this text appears (repeatable); it is not included")
     raw: bool = opt(False, help="feed the prompt as is, without the chat template")
@@ -75,6 +75,11 @@ class GenerateConfig:
     dtype: Dtype = opt("fp32", help="compute dtype of the model")
     draft: str | None = opt(None, help="speculative decoding drafter: lookup (prompt n-grams), layers:N (the "
                                        "target's first N layers), or a model with the same tokenizer")
+    batch_size: int = opt(1, help="with --prompts: decode this many prompts together; a finished one's "
+                                  "place goes to the next at once", min=1, max=256)
+    truncate: Literal["error", "left"] = opt("error", help="a prompt that leaves no room for max_new_tokens "
+                                                           "in the model's context: error, or drop its oldest tokens")
+    skip_bad: bool = opt(False, help="with --prompts: report malformed lines on stderr and answer the others")
 
     def check(self) -> None:
         if self.top_p == 0.0:

@@ -1,14 +1,9 @@
-"""Text generation on `transformers.generate`, streamed piece by piece.
-
-This is the simple, correct path of the foundation: prompt formatting (chat template or raw),
-greedy or sampled decoding with explicit settings, and streaming. The fast decoding engine with
-speculative decoding replaces the inner call later; the API here stays.
-"""
+"""Text generation for users: prompt formatting (chat template or raw), explicit settings, the
+context check, streaming text with stop strings, and files of prompts answered in batches. The
+decoding itself is our engine's (decode/engine.py), plain or speculative."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -23,6 +18,8 @@ class GenerationResult:
     new_tokens: int
     seconds: float
     speculative: dict | None = None  # drafted, accepted, acceptance, target_passes, tau, per position
+    finish_reason: str = "stop"  # "stop" (EOS or a stop string), "length", "cancelled"
+    prompt_tokens: int = 0
 
 
 def prompt_ids(tokenizer, prompt: str | list[dict], *, raw: bool = False, system: str | None = None):
@@ -41,28 +38,8 @@ def prompt_ids(tokenizer, prompt: str | list[dict], *, raw: bool = False, system
     return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
 
 
-def generation_config(cfg: GenerateConfig, model, tokenizer):
-    """Our settings, explicitly: nothing inherited from the model's generation_config.json defaults."""
-    from transformers import GenerationConfig
-
-    sample = cfg.temperature > 0
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    return GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens,
-        do_sample=sample,
-        temperature=cfg.temperature if sample else None,
-        top_k=cfg.top_k if sample and cfg.top_k > 0 else None,
-        top_p=cfg.top_p if sample and cfg.top_p < 1.0 else None,
-        repetition_penalty=cfg.repetition_penalty if cfg.repetition_penalty != 1.0 else None,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
 class Generator:
-    """A loaded model and tokenizer, ready to answer many prompts."""
+    """A loaded model and tokenizer, ready to answer many prompts, one at a time or batched."""
 
     def __init__(self, model: str = "smollm2-135m", dtype: str = "fp32", draft: str | None = None):
         from .decode.drafters import make_drafter
@@ -70,153 +47,165 @@ class Generator:
         self.model_spec = model
         self.tokenizer = load_tokenizer(model)
         self.model = load_model(model, dtype=dtype)
-        # With a drafter, decoding goes through our engine (speculative); without, transformers.
         self.drafter = make_drafter(draft, self.model)
+        self._setup()
 
     @classmethod
-    def from_loaded(cls, model, tokenizer, name: str = "loaded") -> Generator:
+    def from_loaded(cls, model, tokenizer, name: str = "loaded", drafter=None) -> Generator:
         """Wrap a model already in memory (a fine-tuned run, a peft model)."""
         gen = cls.__new__(cls)
-        gen.model_spec, gen.model, gen.tokenizer, gen.drafter = name, model, tokenizer, None
+        gen.model_spec, gen.model, gen.tokenizer, gen.drafter = name, model.eval(), tokenizer, drafter
+        gen._setup()
         return gen
+
+    def _setup(self) -> None:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        self.context = getattr(self.model.config, "max_position_embeddings", None)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.last = GenerationResult("", 0, 0.0)
+
+    def settings(self, **options) -> GenerateConfig:
+        """Options (GenerateConfig fields) checked in one place, as the CLI checks its flags."""
+        return build(GenerateConfig, {"model": self.model_spec, "prompt": "(given separately)", **options})
+
+    def request(self, prompt: str | list[dict], cfg: GenerateConfig):
+        """The engine's Request for a prompt (text or chat messages) under settings `cfg`."""
+        from .decode.engine import Request
+        from .decode.sampling import Sampling
+
+        ids = prompt_ids(self.tokenizer, prompt, raw=cfg.raw, system=cfg.system)[0].tolist()
+        if not ids:
+            raise SpectuneError("is empty once tokenized; give the text to continue", where="prompt")
+        if self.context and len(ids) + cfg.max_new_tokens > self.context:
+            if cfg.truncate != "left" or cfg.max_new_tokens >= self.context:
+                raise SpectuneError(f"{len(ids)} tokens plus max_new_tokens {cfg.max_new_tokens} exceed the "
+                                    f"model's context of {self.context} tokens; shorten the prompt, lower "
+                                    "--max-new-tokens, or pass --truncate left", where="prompt")
+            ids = ids[len(ids) + cfg.max_new_tokens - self.context:]  # keep the most recent tokens
+        return Request(ids, Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty),
+                       cfg.max_new_tokens, set(self.eos), cfg.seed)
+
+    def _result(self, request, text: str) -> GenerationResult:
+        m = request.metrics
+        return GenerationResult(text, m.new_tokens, m.seconds, m.as_dict() if self.drafter is not None else None,
+                                request.finish_reason or "stop", len(request.prompt))
 
     def stream(self, prompt: str | list[dict], **options) -> Iterator[str]:
         """Yield the new text piece by piece as it is decoded. `prompt`: text or chat messages;
         `options`: GenerateConfig fields."""
-        cfg = build(GenerateConfig, {"model": self.model_spec, "prompt": prompt if isinstance(prompt, str)
-                                     else "(chat messages)", **options})
-        ids = prompt_ids(self.tokenizer, prompt, raw=cfg.raw, system=cfg.system)
-        pieces = self._stream_speculative(ids[0].tolist(), cfg) if self.drafter is not None else \
-            self._stream_transformers(ids, cfg)
-        if not cfg.stop:
-            yield from pieces
-            return
-        # Hold back any tail that could begin a stop string; cut at the first one and stop decoding.
-        text, sent = "", 0
-        longest = max(len(x) for x in cfg.stop)
-        for piece in pieces:
-            text += piece
-            hits = [i for i in (text.find(x) for x in cfg.stop) if i >= 0]
-            if hits:
-                if min(hits) > sent:
-                    yield text[sent:min(hits)]
-                pieces.close()
-                self.last.text = text[:min(hits)]
-                return
-            safe = max(sent, len(text) - longest + 1)
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
-        if len(text) > sent:
-            yield text[sent:]
+        from .decode.engine import Batch
+        from .decode.text import TextStream
 
-    def _stream_transformers(self, ids, cfg: GenerateConfig) -> Iterator[str]:
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-        class Cancel(StoppingCriteria):
-            """Set by the consumer when it stops reading (a stop string): generate ends after this token."""
-
-            def __init__(self):
-                self.flag = threading.Event()
-
-            def __call__(self, input_ids, scores, **kwargs):
-                import torch
-
-                return torch.full((input_ids.shape[0],), self.flag.is_set(), dtype=torch.bool)
-
-        cancel = Cancel()
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        gen_cfg = generation_config(cfg, self.model, self.tokenizer)
-        failure: list[BaseException] = []
+        cfg = self.settings(**options)
+        request = self.request(prompt, cfg)
+        text = TextStream(self.tokenizer, cfg.stop)
+        batch = Batch(self.model, drafter=self.drafter, pad_id=self.pad_id)
         self.last = GenerationResult("", 0, 0.0)
-
-        def work() -> None:
-            import torch
-
-            t0 = time.perf_counter()
-            try:
-                if cfg.seed is not None:
-                    torch.manual_seed(cfg.seed)
-                with torch.inference_mode():
-                    out = self.model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gen_cfg,
-                                              streamer=streamer, stopping_criteria=StoppingCriteriaList([cancel]))
-                self.last.new_tokens = out.shape[1] - ids.shape[1]
-            except BaseException as e:  # surfaced in the caller's thread below
-                failure.append(e)
-                streamer.end()
-            self.last.seconds = time.perf_counter() - t0
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        pieces = []
         try:
-            for piece in streamer:
-                if piece:
-                    pieces.append(piece)
-                    yield piece
-        finally:  # also when the caller stops early (a stop string): let generate end at once
-            cancel.flag.set()
-            thread.join()
-        if failure:
-            raise failure[0]
-        self.last.text = "".join(pieces)
+            events = batch.add([request])
+            while True:
+                for _, tokens in events:
+                    piece = text.feed(tokens)
+                    if piece:
+                        yield piece
+                if text.stopped:
+                    request.finish_reason = "stop"
+                    return
+                if not batch:
+                    break
+                events = batch.step()
+            tail = text.finish()
+            if tail:
+                yield tail
+        finally:  # also when the caller stops reading early
+            self.last = self._result(request, text.text)
 
-    def _stream_speculative(self, ids: list[int], cfg: GenerateConfig) -> Iterator[str]:
-        from .decode.engine import Metrics, decode
-        from .decode.sampling import Sampling
-
-        eos = self.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id])
-        sampling = Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
-        m = Metrics()
-        self.last = GenerationResult("", 0, 0.0)
-        new: list[int] = []
-        text = ""
-        try:
-            for chunk in decode(self.model, ids, sampling=sampling, max_new_tokens=cfg.max_new_tokens, eos=eos,
-                                drafter=self.drafter, seed=cfg.seed, metrics=m):
-                new += chunk
-                full = self.tokenizer.decode(new, skip_special_tokens=True)
-                if full.endswith("\ufffd"):
-                    continue  # a character split across tokens: wait for its last byte
-                if len(full) > len(text):
-                    yield full[len(text):]
-                text = full
-        finally:  # also when the caller stops early (a stop string)
-            self.last = GenerationResult(text, m.new_tokens, m.seconds, m.as_dict())
-
-    def generate(self, prompt: str, **options) -> GenerationResult:
+    def generate(self, prompt: str | list[dict], **options) -> GenerationResult:
         """The whole continuation at once, with its token count and time."""
         for _ in self.stream(prompt, **options):
             pass
         return replace(self.last)
 
+    def generate_many(self, prompts: list, batch_size: int = 8, **options) -> Iterator[tuple[int, GenerationResult]]:
+        """(index, result) for each prompt as it finishes, decoding up to `batch_size` together; a
+        finished row's place is taken by the next prompt at once (continuous batching)."""
+        from .decode.engine import Batch
+        from .decode.text import TextStream
 
-def answer_file(gen: Generator, path: str, out: str | None = None, **options) -> int:
-    """Answer every {"id", "prompt"} or {"id", "messages"} line of a JSONL file, one JSON line each."""
+        cfg = self.settings(**options)
+        requests = [self.request(p, cfg) for p in prompts]  # every prompt checked before any decoding
+        batch = Batch(self.model, drafter=self.drafter, pad_id=self.pad_id)
+        texts, index = {}, {}
+        pending = list(range(len(requests)))[::-1]
+        while pending or batch:
+            room = [pending.pop() for _ in range(min(batch_size - len(batch), len(pending)))]
+            for i in room:
+                texts[id(requests[i])], index[id(requests[i])] = TextStream(self.tokenizer, cfg.stop), i
+            events = batch.add([requests[i] for i in room]) if room else batch.step()
+            for r, tokens in events:
+                text = texts[id(r)]
+                text.feed(tokens)
+                if text.stopped:
+                    r.cancelled, r.finish_reason = True, "stop"
+                if r.finish_reason is not None:
+                    text.finish()
+                    yield index[id(r)], self._result(r, text.text)
+
+
+def answer_file(gen: Generator, path: str, out: str | None = None, *, batch_size: int = 1,
+                skip_bad: bool = False, **options) -> int:
+    """Answer every {"id", "prompt"} or {"id", "messages"} line of a JSONL file, one JSON line each,
+    in the file's order. A bad line stops everything before any answer is written, unless
+    `skip_bad`: then it is reported on stderr and the other lines are answered."""
     import json
     import sys
 
     from .data import read_jsonl
 
-    rows = list(read_jsonl(path))  # a bad line is reported before any answer is written
-    for where, row in rows:
+    bad: list[SpectuneError] = []
+    rows = []
+    for where, row in read_jsonl(path, bad=bad if skip_bad else None):
         if not isinstance(row.get("prompt"), str) and not isinstance(row.get("messages"), list):
-            raise SpectuneError('expected {"id", "prompt": text} or {"id", "messages": [...]}', where=where)
+            e = SpectuneError('expected {"id", "prompt": text} or {"id", "messages": [...]}', where=where)
+            if not skip_bad:
+                raise e
+            bad.append(e)
+            continue
+        rows.append((where, row))
+    cfg = gen.settings(**options)
+    good = []
+    for where, row in rows:  # prompts too long for the context are bad lines too
+        try:
+            gen.request(row.get("prompt") or row["messages"], cfg)
+            good.append(row)
+        except SpectuneError as e:
+            if not skip_bad:
+                raise SpectuneError(e.message, where=where) from None
+            bad.append(SpectuneError(e.message, where=where))
+    for e in bad:
+        print(f"{e.where}: {e.message} (skipped)", file=sys.stderr)
     sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+    done: dict[int, GenerationResult] = {}
+    written = 0
     try:
-        for _, row in rows:
-            r = gen.generate(row.get("prompt") or row["messages"], **options)
-            spec = r.speculative or {}
-            line = {"id": row.get("id"), "text": r.text, "new_tokens": r.new_tokens,
-                    "drafted": spec.get("drafted", 0), "accepted": spec.get("accepted", 0),
-                    "target_passes": spec.get("target_passes", r.new_tokens), "seconds": round(r.seconds, 3)}
-            sink.write(json.dumps(line, ensure_ascii=False) + "\n")
-            sink.flush()
+        for i, r in gen.generate_many([row.get("prompt") or row["messages"] for row in good], batch_size, **options):
+            done[i] = r
+            while written in done:  # answers leave in the file's order
+                r, row = done.pop(written), good[written]
+                spec = r.speculative or {}
+                line = {"id": row.get("id"), "text": r.text, "new_tokens": r.new_tokens,
+                        "drafted": spec.get("drafted", 0), "accepted": spec.get("accepted", 0),
+                        "target_passes": spec.get("target_passes", r.new_tokens), "seconds": round(r.seconds, 3)}
+                sink.write(json.dumps(line, ensure_ascii=False) + "\n")
+                sink.flush()
+                written += 1
     finally:
         if out:
             sink.close()
-    return len(rows)
+    return written
 
 
 def generate(prompt: str, model: str = "smollm2-135m", **options) -> str:

@@ -1,4 +1,5 @@
-"""The transformers-backed generation path: prompt formatting, settings, streaming."""
+"""Generation for users: prompt formatting, settings, the context check, streaming, stop strings,
+files of prompts answered in batches."""
 
 import pytest
 import torch
@@ -62,10 +63,31 @@ def test_max_new_tokens_and_bad_options(gen):
         generate(["not", "a", "string"], model="unused")
 
 
-def test_errors_in_the_decoding_thread_reach_the_caller(gen, monkeypatch):
-    monkeypatch.setattr(gen.model, "generate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
-    with pytest.raises(RuntimeError, match="boom"):
-        gen.generate("Hello")
+def test_greedy_equals_transformers_generate(gen):
+    ids = prompt_ids(gen.tokenizer, "The capital of France")
+    hf = gen.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                            pad_token_id=0, eos_token_id=gen.tokenizer.eos_token_id)[0, ids.shape[1]:]
+    assert gen.generate("The capital of France", max_new_tokens=12).text == \
+        gen.tokenizer.decode(hf, skip_special_tokens=True)
+
+
+def test_prompt_over_the_context_is_refused_or_truncated(gen):
+    long = "word " * (gen.context + 10)
+    with pytest.raises(SpectuneError, match=r"exceed the model's context of \d+ tokens.*--truncate left"):
+        gen.generate(long, raw=True, max_new_tokens=4)
+    r = gen.generate(long, raw=True, max_new_tokens=4, truncate="left")
+    assert r.prompt_tokens == gen.context - 4 and r.new_tokens == 4
+    with pytest.raises(SpectuneError, match="exceed"):
+        gen.generate("hi", max_new_tokens=gen.context, truncate="left")
+
+
+def test_generate_many_equals_one_by_one(gen):
+    prompts = ["The capital of France", [{"role": "user", "content": "Hi there"}], "Once upon a time", "x"]
+    opts = dict(max_new_tokens=10, temperature=0.9, seed=4)
+    alone = [gen.generate(p, **opts) for p in prompts]
+    got = dict(gen.generate_many(prompts, batch_size=3, **opts))
+    assert [got[i].text for i in range(4)] == [a.text for a in alone]
+    assert [got[i].finish_reason for i in range(4)] == [a.finish_reason for a in alone]
 
 
 @pytest.mark.parametrize("draft", [None, "lookup"])
@@ -104,3 +126,12 @@ def test_prompts_file_answers_each_line(tiny_llama_dir, tmp_path, capsys):
     f.write_text('{"id": 1, "question": "x"}\n')
     assert main(["generate", "--model", str(tiny_llama_dir), "--prompts", str(f)]) == 2
     assert f"{f}:1: expected" in capsys.readouterr().err
+    # --skip-bad: bad lines reported, the others answered, in order, in batches
+    f.write_text('{"id": 1, "prompt": "Hello"}\n{"id": 2, "prompt": \n{"id": 3, "question": "x"}\n'
+                 + "".join(json.dumps({"id": i, "prompt": f"Say {i}"}) + "\n" for i in range(4, 9)))
+    assert main(["generate", "--model", str(tiny_llama_dir), "--prompts", str(f), "--out", str(out),
+                 "--max-new-tokens", "5", "--batch-size", "3", "--skip-bad"]) == 0
+    err = capsys.readouterr().err
+    assert f"{f}:2: invalid JSON" in err and f"{f}:3: expected" in err and "(skipped)" in err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [1, 4, 5, 6, 7, 8]

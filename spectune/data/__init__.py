@@ -25,8 +25,9 @@ def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
             yield number, text.rstrip("\r\n")
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """("file:line", object) for each non-blank line of a JSONL file of objects."""
+def read_jsonl(path: str | Path, bad: list | None = None) -> Iterator[tuple[str, dict]]:
+    """("file:line", object) for each non-blank line of a JSONL file of objects. A malformed line
+    raises, or, when a `bad` list is given, is appended to it as a SpectuneError and skipped."""
     import json
 
     for number, line in read_lines(path):
@@ -35,10 +36,14 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
         where = f"{path}:{number}"
         try:
             row = json.loads(line)
-        except ValueError as e:
-            raise SpectuneError(f"invalid JSON ({e.msg})", where=where) from None
-        if not isinstance(row, dict):
-            raise SpectuneError("expected one JSON object per line", where=where)
+            if not isinstance(row, dict):
+                raise SpectuneError("expected one JSON object per line", where=where)
+        except (ValueError, SpectuneError) as e:
+            error = e if isinstance(e, SpectuneError) else SpectuneError(f"invalid JSON ({e.msg})", where=where)
+            if bad is None:
+                raise error from None
+            bad.append(error)
+            continue
         yield where, row
 
 

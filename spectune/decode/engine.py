@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import ragged_cache
-from .sampling import Sampling, distribution, pick
+from .sampling import Sampling, distribution
 from .speculative import verify
 
 
