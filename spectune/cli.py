@@ -25,6 +25,7 @@ from .config import (
     MergeConfig,
     PredictConfig,
     PrepareConfig,
+    ServeConfig,
     TrainConfig,
     build,
     coerce_values,
@@ -165,6 +166,12 @@ def cmd_data_prepare(cfg: DataPrepareConfig) -> int:
     return 0
 
 
+def cmd_serve(cfg: ServeConfig) -> int:
+    from .serve.run import serve
+
+    return serve(cfg)
+
+
 COMMANDS: dict[tuple[str, ...], tuple[type, Callable[..., int]]] = {
     ("models", "list"): (ListConfig, cmd_models_list),
     ("models", "prepare"): (PrepareConfig, cmd_models_prepare),
@@ -174,6 +181,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type, Callable[..., int]]] = {
     ("predict",): (PredictConfig, cmd_predict),
     ("merge",): (MergeConfig, cmd_merge),
     ("data", "prepare"): (DataPrepareConfig, cmd_data_prepare),
+    ("serve",): (ServeConfig, cmd_serve),
 }
 
 

@@ -187,6 +187,39 @@ class DataPrepareConfig:
 # Validation: the one place every value goes through
 
 
+@dataclass(kw_only=True)
+class ServeConfig:
+    """`spectune serve`: an OpenAI-compatible HTTP server for a model and fine-tuned runs."""
+
+    model: str = opt(DEFAULT_CAUSAL_LM, help="generation model: alias, folder, .gguf, hub id, an lm run folder "
+                                             "of `spectune train`, or none")
+    name: str | None = opt(None, help="the model name clients send (default: --model as given)")
+    draft: str | None = opt(None, help="speculative decoding drafter for generation (as in generate --draft)")
+    dtype: Dtype = opt("fp32", help="compute dtype of the generation model")
+    task_model: list[str] | None = opt(None, help="NAME=RUN_DIR: a classify or ner run served on /v1/classify "
+                                                  "or /v1/ner under NAME (repeatable)")
+    host: str = opt("127.0.0.1", help="address to bind; the default takes connections from this machine only")
+    port: int = opt(8000, help="port to bind (0: any free port, printed at start)", min=0, max=65535)
+    api_key: str | None = opt(None, help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                                         "(default: the SPECTUNE_API_KEY environment variable)")
+    max_batch: int = opt(8, help="generation requests decoded together (1: one at a time)", min=1, max=256)
+    max_queue: int = opt(64, help="requests that may wait for a batch slot; beyond, 429 with Retry-After",
+                         min=0, max=100_000)
+    max_tokens: int = opt(1024, help="cap on a request's max_tokens", min=1, max=1_000_000)
+    default_max_tokens: int = opt(256, help="max_tokens of a request that does not say", min=1, max=1_000_000)
+    max_prompt_tokens: int = opt(4096, help="cap on a request's prompt, in tokens", min=1, max=1_000_000)
+    max_body_bytes: int = opt(1_048_576, help="cap on a request body, in bytes (413 beyond)", min=1024)
+    shutdown_timeout: float = opt(30.0, help="on SIGTERM, seconds to let in-flight requests finish", min=0.0)
+
+    def check(self) -> None:
+        for spec in self.task_model or []:
+            name, sep, path = spec.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise SpectuneError(f"got {spec!r}, expected NAME=RUN_DIR", where="task_model")
+        if self.model == "none" and not self.task_model:
+            raise SpectuneError("nothing to serve: give a generation --model or a --task-model", where="model")
+
+
 def fields_of(cls: type) -> list[tuple[dataclasses.Field, Any]]:
     """(field, resolved type) pairs of a config class, in declaration order."""
     hints = typing.get_type_hints(cls)

@@ -81,9 +81,9 @@ class Generator:
             raise SpectuneError("is empty once tokenized; give the text to continue", where="prompt")
         if self.context and len(ids) + cfg.max_new_tokens > self.context:
             if cfg.truncate != "left" or cfg.max_new_tokens >= self.context:
-                raise SpectuneError(f"{len(ids)} tokens plus max_new_tokens {cfg.max_new_tokens} exceed the "
-                                    f"model's context of {self.context} tokens; shorten the prompt, lower "
-                                    "--max-new-tokens, or pass --truncate left", where="prompt")
+                raise SpectuneError(f"the prompt is {len(ids)} tokens; with max_new_tokens {cfg.max_new_tokens} "
+                                    f"that exceeds the model's context of {self.context} tokens; shorten the "
+                                    "prompt, lower max_new_tokens, or truncate it on the left", where="prompt")
             ids = ids[len(ids) + cfg.max_new_tokens - self.context:]  # keep the most recent tokens
         return Request(ids, Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty),
                        cfg.max_new_tokens, set(self.eos), cfg.seed)

@@ -42,32 +42,54 @@ def _inputs(source: str) -> Iterator[tuple[str, str]]:
             yield f"{source}:{number}", line
 
 
+class Predictor:
+    """A finished run loaded once, answering batches of texts (the CLI's predict and the server)."""
+
+    def __init__(self, run_dir: str):
+        self.info, self.task, self.model = load_run(run_dir)
+        self.kind = self.info["task"]
+        self.generator = None
+        if self.kind == "lm":
+            from .generate import Generator
+
+            self.generator = Generator.from_loaded(self.model, self.task.tok)
+
+    def classify(self, texts: list[str], where: list[str] | None = None) -> list[dict]:
+        from .data.tabular import LabelledText
+
+        where = where or [f"input[{i}]" for i in range(len(texts))]
+        rows = [LabelledText(t, self.task.labels[0], w) for t, w in zip(texts, where, strict=True)]
+        out = []
+        for text, probs in zip(texts, self.task.predict_proba(self.model, self.task.encode(rows)), strict=True):
+            best = int(probs.argmax())
+            out.append({"text": text, "label": self.task.labels[best], "probability": round(float(probs[best]), 6),
+                        "probabilities": {lab: round(float(p), 6) for lab, p in zip(self.task.labels, probs,
+                                                                                    strict=True)}})
+        return out
+
+    def ner(self, texts: list[str], where: list[str] | None = None) -> list[dict]:
+        """Tokens are the text's whitespace-separated words, as in the training files' first column."""
+        from .data.conll import Sentence
+
+        where = where or [f"input[{i}]" for i in range(len(texts))]
+        sents = [Sentence(t.split(), ["O"] * len(t.split()), w) for t, w in zip(texts, where, strict=True)]
+        tags = self.task.predict(self.model, self.task.encode(sents), [len(s.tokens) for s in sents])
+        return [{"tokens": s.tokens, "tags": t, "entities": entities(s.tokens, t, text)}
+                for s, t, text in zip(sents, tags, texts, strict=True)]
+
+
 def predict(run_dir: str, source: str, max_new_tokens: int = 64) -> Iterator[dict]:
     """One prediction per non-empty input line, as a JSON-ready dict."""
-    info, task, model = load_run(run_dir)
-    gen = None
-    if info["task"] == "lm":
-        from .generate import Generator
-
-        gen = Generator.from_loaded(model, task.tok)
+    p = Predictor(run_dir)
     for where, line in _inputs(source):
         if not line.strip():
             continue
-        if info["task"] == "ner":
-            from .data.conll import Sentence
-
-            s = Sentence(line.split(), ["O"] * len(line.split()), where)
-            tags = task.predict(model, task.encode([s]), [len(s.tokens)])[0]
-            yield {"tokens": s.tokens, "tags": tags, "entities": entities(s.tokens, tags, line)}
-        elif info["task"] == "classify":
-            from .data.tabular import LabelledText
-
-            probs = task.predict_proba(model, task.encode([LabelledText(line, task.labels[0], where)]))[0]
-            best = int(probs.argmax())
-            yield {"text": line, "label": task.labels[best], "probability": round(float(probs[best]), 6),
-                   "probabilities": {lab: round(float(p), 6) for lab, p in zip(task.labels, probs, strict=True)}}
+        if p.kind == "ner":
+            yield p.ner([line], [where])[0]
+        elif p.kind == "classify":
+            yield p.classify([line], [where])[0]
         else:
-            yield {"prompt": line, "text": gen.generate(line, max_new_tokens=max_new_tokens).text}
+            yield {"prompt": line, "text": p.generator.generate(line, max_new_tokens=max_new_tokens).text}
 
 
 def merge(run_dir: str, out: str) -> Path:

@@ -73,11 +73,11 @@ def test_greedy_equals_transformers_generate(gen):
 
 def test_prompt_over_the_context_is_refused_or_truncated(gen):
     long = "word " * (gen.context + 10)
-    with pytest.raises(SpectuneError, match=r"exceed the model's context of \d+ tokens.*--truncate left"):
+    with pytest.raises(SpectuneError, match=r"exceeds the model's context of \d+ tokens.*truncate it on the left"):
         gen.generate(long, raw=True, max_new_tokens=4)
     r = gen.generate(long, raw=True, max_new_tokens=4, truncate="left")
     assert r.prompt_tokens == gen.context - 4 and r.new_tokens == 4
-    with pytest.raises(SpectuneError, match="exceed"):
+    with pytest.raises(SpectuneError, match="exceeds"):
         gen.generate("hi", max_new_tokens=gen.context, truncate="left")
 
 
