@@ -20,6 +20,7 @@ from . import __version__
 from .config import (
     DataPrepareConfig,
     EvalConfig,
+    ExportConfig,
     GenerateConfig,
     ListConfig,
     MergeConfig,
@@ -150,9 +151,16 @@ def cmd_predict(cfg: PredictConfig) -> int:
 
 
 def cmd_merge(cfg: MergeConfig) -> int:
-    from .predict import merge
+    from .export import merge
 
     print(f"merged model written to {merge(cfg.model, cfg.out)}")
+    return 0
+
+
+def cmd_export(cfg: ExportConfig) -> int:
+    from .export import export
+
+    print(f"exported to {export(cfg.model, cfg.out, cfg.merge_lora)}")
     return 0
 
 
@@ -182,6 +190,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type, Callable[..., int]]] = {
     ("merge",): (MergeConfig, cmd_merge),
     ("data", "prepare"): (DataPrepareConfig, cmd_data_prepare),
     ("serve",): (ServeConfig, cmd_serve),
+    ("export",): (ExportConfig, cmd_export),
 }
 
 

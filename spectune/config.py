@@ -176,6 +176,15 @@ class MergeConfig:
 
 
 @dataclass(kw_only=True)
+class ExportConfig:
+    """`spectune export`: a run or model as a plain Hugging Face folder (transformers, vLLM)."""
+
+    model: str = opt(help="run folder of `spectune train`, or a model (alias, .gguf, folder)")
+    out: str = opt(help="folder to write (must not exist)")
+    merge_lora: bool = opt(False, help="fold a LoRA run's adapter into the base weights")
+
+
+@dataclass(kw_only=True)
 class DataPrepareConfig:
     """`spectune data prepare`: write a bundled real corpus as train/dev/test files."""
 

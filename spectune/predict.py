@@ -1,15 +1,12 @@
-"""`spectune predict` and `spectune merge`: using a finished run."""
+"""`spectune predict`: using a finished run on new texts (also the server's classify and NER)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 from .data import read_lines
-from .errors import SpectuneError
-from .run import PEFT_METHODS, load_run
+from .run import load_run
 
 
 def entities(tokens: list[str], tags: list[str], line: str) -> list[dict]:
@@ -90,21 +87,3 @@ def predict(run_dir: str, source: str, max_new_tokens: int = 64) -> Iterator[dic
             yield p.classify([line], [where])[0]
         else:
             yield {"prompt": line, "text": p.generator.generate(line, max_new_tokens=max_new_tokens).text}
-
-
-def merge(run_dir: str, out: str) -> Path:
-    """A LoRA run folded into a plain model folder (weights + tokenizer) transformers loads alone."""
-    from .run import save_model
-
-    info, task, model = load_run(run_dir)
-    if info["peft"] not in PEFT_METHODS:
-        raise SpectuneError(f"this run trained with --peft {info['peft']}: {Path(run_dir) / 'model'} is already a "
-                            "plain model folder", where=str(run_dir))
-    if info["peft"] != "lora":
-        raise SpectuneError("prompt tuning adds virtual tokens that cannot be folded into the weights; "
-                            "serve the run folder itself", where=str(run_dir))
-    merged = model.merge_and_unload()
-    save_model(merged, task.tok, Path(out))
-    (Path(out) / "spectune-merged.json").write_text(json.dumps(
-        {"from_run": str(Path(run_dir).resolve()), "task": info["task"], "labels": info.get("labels")}, indent=1))
-    return Path(out)

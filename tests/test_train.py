@@ -208,3 +208,22 @@ def test_lm_lora_on_chats_then_generate(tmp_path, tiny_llama_dir, capsys):
     assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(prompts),
                  "--max-new-tokens", "5"]) == 0
     assert json.loads(capsys.readouterr().out)["prompt"] == "What is the capital of France?"
+
+
+def test_export_gives_folders_transformers_loads_alone(tmp_path, tiny_llama_dir, tiny_gguf, cls_data, capsys):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    train(config(tmp_path, tiny_llama_dir, "classify", cls_data, peft="lora", lora_r=4, epochs=1))
+    run = tmp_path / "run"
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "x")]) == 2
+    assert "pass --merge-lora" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "x"), "--merge-lora"]) == 0
+    AutoModelForSequenceClassification.from_pretrained(tmp_path / "x")
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "x"), "--merge-lora"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    train(config(tmp_path, tiny_llama_dir, "classify", cls_data, epochs=1, out=str(tmp_path / "full")))
+    assert main(["export", "--model", str(tmp_path / "full"), "--out", str(tmp_path / "y")]) == 0
+    assert json.loads((tmp_path / "y/spectune-export.json").read_text())["labels"] == ["neg", "pos"]
+    AutoModelForSequenceClassification.from_pretrained(tmp_path / "y")
+    assert main(["export", "--model", str(tiny_gguf), "--out", str(tmp_path / "z")]) == 0  # GGUF -> plain folder
+    AutoModelForCausalLM.from_pretrained(tmp_path / "z")
