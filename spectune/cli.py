@@ -18,6 +18,7 @@ from typing import Literal
 
 from . import __version__
 from .config import (
+    ChatConfig,
     DataPrepareConfig,
     EvalConfig,
     ExportConfig,
@@ -123,6 +124,12 @@ def cmd_generate(cfg: GenerateConfig) -> int:
     return 0
 
 
+def cmd_chat(cfg: ChatConfig) -> int:
+    from .terminal_chat import chat
+
+    return chat(cfg)
+
+
 def cmd_train(cfg: TrainConfig) -> int:
     from .train import train
 
@@ -184,6 +191,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type, Callable[..., int]]] = {
     ("models", "list"): (ListConfig, cmd_models_list),
     ("models", "prepare"): (PrepareConfig, cmd_models_prepare),
     ("generate",): (GenerateConfig, cmd_generate),
+    ("chat",): (ChatConfig, cmd_chat),
     ("train",): (TrainConfig, cmd_train),
     ("eval",): (EvalConfig, cmd_eval),
     ("predict",): (PredictConfig, cmd_predict),

@@ -93,6 +93,23 @@ class GenerateConfig:
 
 
 @dataclass(kw_only=True)
+class ChatConfig:
+    """`spectune chat`: talk with a model in the terminal, answers streamed."""
+
+    model: str = opt(DEFAULT_CAUSAL_LM, help="alias, model folder, .gguf file or hub id")
+    draft: str | None = opt(None, help="speculative decoding drafter (as in generate --draft)")
+    dtype: Dtype = opt("fp32", help="compute dtype of the model")
+    system: str | None = opt(None, help="system message (default: the chat template's own)")
+    max_new_tokens: int = opt(256, help="longest answer, in tokens", min=1, max=1_000_000)
+    temperature: float = opt(0.0, help="0 decodes greedily; above 0 samples", min=0.0, max=100.0)
+    top_k: int = opt(0, help="sample only from the k most likely tokens (0: all)", min=0)
+    top_p: float = opt(1.0, help="nucleus sampling mass (1: all)", min=0.0, max=1.0)
+    repetition_penalty: float = opt(1.0, help="divide the logits of tokens already seen (1: off)", min=0.01,
+                                    max=100.0)
+    seed: int | None = opt(None, help="random seed for sampling")
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
     """`spectune train`: fine-tune a model for a task; the run folder holds everything it made."""
 

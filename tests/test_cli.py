@@ -70,3 +70,16 @@ def test_help_and_version():
     assert r.returncode == 0 and r.stdout.startswith("spectune ")
     r = run_cli("generate", "--help")
     assert r.returncode == 0 and "--max-new-tokens" in r.stdout and "chat template" in r.stdout
+
+
+def test_chat_streams_answers_with_figures_and_keeps_the_conversation(tiny_llama_dir):
+    r = subprocess.run([sys.executable, "-m", "spectune.cli", "chat", "--model", str(tiny_llama_dir), "--draft",
+                        "lookup", "--max-new-tokens", "6"], input="hello\n\nhow are you\n/reset\nagain\n",
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    figures = [x for x in r.stderr.splitlines() if x.startswith("[")]
+    assert len(figures) == 3 and all("tokens/s" in x and "acceptance" in x for x in figures)
+    assert "(conversation forgotten)" in r.stderr and r.stdout.count("\n") >= 3
+    r = subprocess.run([sys.executable, "-m", "spectune.cli", "chat", "--model", str(tiny_llama_dir), "--top-p",
+                        "0"], input="hi\n", capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "top_p" in r.stderr and "Traceback" not in r.stderr
