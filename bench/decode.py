@@ -5,7 +5,8 @@ Rows: transformers `generate` (greedy, the reference), transformers with its pro
 N layers as draft. For each: tokens/s, the ratio to transformers, tau (tokens per target pass),
 acceptance, and whether the text equals the reference token for token (greedy must be exact).
 Prompts cover kinds where look-up should help (quote, summarise, edit code) and where it should
-not (open chat). Usage: python bench/decode.py [--max-new-tokens 64] [--json bench/decode.json]
+not (open chat). Then the same prompts as one batch of 4, plain and with look-up, against batch 1.
+Usage: python bench/decode.py [--max-new-tokens 64] [--json bench/decode.json]
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 2)
     tok, model = load_tokenizer(a.model), load_model(a.model)
     eos = {tok.eos_token_id}
-    rows = []
+    rows, outs = [], {}
     for kind, text in PROMPTS.items():
         ids = prompt_ids(tok, text)
         n_prompt = ids.shape[1]
@@ -76,6 +77,7 @@ def main() -> None:
             with torch.no_grad():
                 out, seconds, m = fn()
             ref = out if ref is None else ref
+            outs[kind, name] = out
             rows.append({"prompt": kind, "decoder": name, "new_tokens": len(out), "seconds": round(seconds, 3),
                          "tokens_per_s": round(len(out) / seconds, 2), "exact": out == ref,
                          "tau": round(m.tau, 3) if m else None,
@@ -93,9 +95,44 @@ def main() -> None:
                      f"{'-' if r['acceptance'] is None else r['acceptance']} | "
                      f"{'yes' if r['exact'] else 'NO'} |")
     print("\n".join(lines))
+    batch_rows = batches(model, tok, rows, outs, a.max_new_tokens, eos)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"model": a.model, "max_new_tokens": a.max_new_tokens, "dtype": "fp32",
-                                        "rows": rows, "date": time.strftime("%Y-%m-%d")}, indent=1))
+                                        "rows": rows, "batch": batch_rows, "date": time.strftime("%Y-%m-%d")},
+                                       indent=1))
+
+
+def batches(model, tok, rows, outs, max_new_tokens, eos) -> list[dict]:
+    """All prompts at once (batch 4) against the same prompts one by one (batch 1, from the rows
+    above): throughput, and whether each row's text equals its batch-1 text."""
+    from spectune.decode.drafters import make_drafter
+    from spectune.decode.engine import Request, decode_batch
+    from spectune.generate import prompt_ids
+
+    kinds = list(PROMPTS)
+    prompts = [prompt_ids(tok, PROMPTS[k])[0].tolist() for k in kinds]
+    result = []
+    for draft, solo_name in ((None, "ours"), ("lookup", "ours+lookup")):
+        solo = [r for r in rows if r["decoder"] == solo_name]
+        solo_rate = sum(r["new_tokens"] for r in solo) / sum(r["seconds"] for r in solo)
+        requests = [Request(p, max_new_tokens=max_new_tokens, eos=eos) for p in prompts]
+        got = {id(r): [] for r in requests}
+        t0 = time.perf_counter()
+        for events in decode_batch(model, requests, drafter=make_drafter(draft, model), pad_id=0):
+            for r, tokens in events:
+                got[id(r)] += tokens
+        seconds = time.perf_counter() - t0
+        n = sum(len(v) for v in got.values())
+        exact = all(got[id(r)] == outs[k, solo_name] for r, k in zip(requests, kinds, strict=True))
+        result.append({"decoder": solo_name, "batch": len(prompts), "tokens_per_s": round(n / seconds, 2),
+                       "batch1_tokens_per_s": round(solo_rate, 2), "vs_batch1": round(n / seconds / solo_rate, 3),
+                       "exact": exact})
+    print("| decoder | batch | tokens/s | batch 1 tokens/s | vs batch 1 | same text as batch 1 |")
+    print("|---|---|---|---|---|---|")
+    for r in result:
+        print(f"| {r['decoder']} | {r['batch']} | {r['tokens_per_s']:.2f} | {r['batch1_tokens_per_s']:.2f} | "
+              f"{r['vs_batch1']:.2f}x | {'yes' if r['exact'] else 'NO'} |")
+    return result
 
 
 if __name__ == "__main__":
