@@ -102,9 +102,10 @@ def cmd_models_prepare(cfg: PrepareConfig) -> int:
 def cmd_generate(cfg: GenerateConfig) -> int:
     from .generate import Generator
 
-    gen = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft)
+    gen = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft, quantize=cfg.quantize)
     options = {k: v for k, v in vars(cfg).items()
-               if k not in ("model", "prompt", "prompts", "out", "dtype", "draft", "batch_size", "skip_bad")}
+               if k not in ("model", "prompt", "prompts", "out", "dtype", "draft", "batch_size", "skip_bad",
+                            "quantize")}
     if cfg.prompts:
         from .generate import answer_file
 

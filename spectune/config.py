@@ -73,6 +73,8 @@ class GenerateConfig:
                                               "(1: off)", min=0.01, max=100.0)
     seed: int | None = opt(None, help="random seed for sampling, for reproducible output")
     dtype: Dtype = opt("fp32", help="compute dtype of the model")
+    quantize: Literal["none", "int8"] = opt("none", help="int8: weight-only int8 linear layers (bf16 around them), "
+                                                        "a quarter of the bytes read per token")
     draft: str | None = opt(None, help="speculative decoding drafter: lookup (prompt n-grams), layers:N (the "
                                        "target's first N layers), or a model with the same tokenizer")
     batch_size: int = opt(1, help="with --prompts: decode this many prompts together; a finished one's "
@@ -99,6 +101,8 @@ class ChatConfig:
     model: str = opt(DEFAULT_CAUSAL_LM, help="alias, model folder, .gguf file or hub id")
     draft: str | None = opt(None, help="speculative decoding drafter (as in generate --draft)")
     dtype: Dtype = opt("fp32", help="compute dtype of the model")
+    quantize: Literal["none", "int8"] = opt("none", help="int8: weight-only int8 linear layers (bf16 around them), "
+                                                        "a quarter of the bytes read per token")
     system: str | None = opt(None, help="system message (default: the chat template's own)")
     max_new_tokens: int = opt(256, help="longest answer, in tokens", min=1, max=1_000_000)
     temperature: float = opt(0.0, help="0 decodes greedily; above 0 samples", min=0.0, max=100.0)
@@ -222,6 +226,8 @@ class ServeConfig:
     name: str | None = opt(None, help="the model name clients send (default: --model as given)")
     draft: str | None = opt(None, help="speculative decoding drafter for generation (as in generate --draft)")
     dtype: Dtype = opt("fp32", help="compute dtype of the generation model")
+    quantize: Literal["none", "int8"] = opt("none", help="int8: weight-only int8 linear layers (bf16 around them), "
+                                                        "a quarter of the bytes read per token")
     task_model: list[str] | None = opt(None, help="NAME=RUN_DIR: a classify or ner run served on /v1/classify "
                                                   "or /v1/ner under NAME (repeatable)")
     host: str = opt("127.0.0.1", help="address to bind; the default takes connections from this machine only")

@@ -41,13 +41,20 @@ def prompt_ids(tokenizer, prompt: str | list[dict], *, raw: bool = False, system
 class Generator:
     """A loaded model and tokenizer, ready to answer many prompts, one at a time or batched."""
 
-    def __init__(self, model: str = "smollm2-135m", dtype: str = "fp32", draft: str | None = None):
+    def __init__(self, model: str = "smollm2-135m", dtype: str = "fp32", draft: str | None = None,
+                 quantize: str = "none"):
         from .decode.drafters import make_drafter
 
         self.model_spec = model
         self.tokenizer = load_tokenizer(model)
         self.model = load_model(model, dtype=dtype)
-        self.drafter = make_drafter(draft, self.model)
+        if quantize == "int8":
+            from .quantize import quantize_int8
+
+            quantize_int8(self.model)
+        elif quantize != "none":
+            raise SpectuneError(f"got {quantize!r}, expected none or int8", where="quantize")
+        self.drafter = make_drafter(draft, self.model)  # after quantizing: layers:N shares the int8 layers
         self._setup()
 
     @classmethod

@@ -68,10 +68,14 @@ class ServerState:
                     raise SpectuneError(f"is a {p.kind} run; serve it with --task-model NAME={cfg.model}",
                                         where="model")
                 model = p.model.merge_and_unload() if hasattr(p.model, "merge_and_unload") else p.model
+                if cfg.quantize == "int8":
+                    from ..quantize import quantize_int8
+
+                    quantize_int8(model)
                 self.generator = Generator.from_loaded(model, p.task.tok, cfg.model,
                                                        drafter=make_drafter(cfg.draft, model))
             else:
-                self.generator = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft)
+                self.generator = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft, quantize=cfg.quantize)
             self.scheduler = Scheduler(self.generator, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
                                        metrics=self.metrics)
         for name, path in self.tasks.items():
