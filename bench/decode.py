@@ -1,12 +1,15 @@
-"""Decoding speed against transformers' generate, in the same run, on the same prompts.
+"""Decoding speed against transformers' generate, in one run, on the same prompts, greedy, batch 1.
 
-Rows: transformers `generate` (greedy, the reference), transformers with its prompt look-up
-(`prompt_lookup_num_tokens=10`), our engine plain, with prompt look-up, and with the target's first
-N layers as draft. For each: tokens/s, the ratio to transformers, tau (tokens per target pass),
-acceptance, and whether the text equals the reference token for token (greedy must be exact).
-Prompts cover kinds where look-up should help (quote, summarise, edit code) and where it should
-not (open chat). Then the same prompts as one batch of 4, plain and with look-up, against batch 1.
-Usage: python bench/decode.py [--max-new-tokens 64] [--json bench/decode.json]
+Prompt set: bench/prompts.jsonl (bench/make_prompts.py), 8 prompts in each of seven kinds: chat
+(multi-turn), translation, math (open-ended), summarization, passage QA, retrieval-augmented answer,
+code editing (grounded in their input). Per dtype (fp32, bf16, and int8 = our --quantize int8)
+and prompt, rows: transformers `generate` (the reference), transformers with prompt look-up
+(`prompt_lookup_num_tokens=10`), our engine plain, with prompt look-up, and with the target's
+first N layers as draft. Reported per kind: tokens/s, ratios, tau (tokens per target pass),
+acceptance, and whether every output equals the reference token for token. Then batch 4 against
+batch 1, and each plain decoder as a fraction of the weight-read bound (bytes of weights per token
+over the memory bandwidth measured in the same run).
+Usage: python bench/decode.py [--per-kind 8] [--dtypes fp32,bf16,int8] [--max-new-tokens 64]
 """
 
 from __future__ import annotations
@@ -15,124 +18,213 @@ import argparse
 import json
 import os
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-PASSAGE = ("The Eiffel Tower was built between 1887 and 1889 as the entrance arch to the 1889 World's Fair. "
-           "It is 330 metres tall and was the tallest man-made structure in the world for 41 years, until the "
-           "Chrysler Building in New York was finished in 1930. It is made of wrought iron and weighs about "
-           "7,300 tonnes.")
-CODE = ("def mean(values):\n    total = 0\n    for v in values:\n        total = total + v\n"
-        "    return total / len(values)\n")
-PROMPTS = {
-    "quote": f"Repeat the following paragraph word for word.\n\n{PASSAGE}",
-    "summarise": f"{PASSAGE}\n\nSummarise the paragraph above in two sentences, reusing its words.",
-    "code-edit": f"{CODE}\nRename the variable `total` to `acc` in this function and print the whole function.",
-    "open-chat": "What are three good habits for staying healthy? Answer briefly.",
-}
+GROUNDED = ("summarization", "passage-qa", "retrieval", "code-edit")
+
+
+def bandwidth_gbs() -> float:
+    """Read bandwidth: summing a 1 GiB fp32 tensor that no cache holds (best of 5)."""
+    x = torch.ones(2**28)
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        x.sum()
+        best = max(best, x.numel() * 4 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def weight_bytes(model) -> int:
+    """Bytes read per token: every linear layer's weights (and int8 scales); the embedding reads one row."""
+    from spectune.quantize import Int8Linear
+
+    total = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            total += m.weight.numel() * m.weight.element_size()
+        elif isinstance(m, Int8Linear):
+            total += m.weight_int8.numel() + m.scale.numel() * m.scale.element_size()
+    return total
+
+
+def load(spec: str, dtype: str):
+    from spectune.loading import load_model
+    from spectune.quantize import quantize_int8
+
+    if dtype == "int8":
+        return quantize_int8(load_model(spec))
+    return load_model(spec, dtype=dtype)
+
+
+def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict]:
+    from spectune.decode.drafters import make_drafter
+    from spectune.decode.engine import Metrics, decode
+    from spectune.generate import prompt_ids
+
+    model = load(a.model, dtype)
+    eos = {tok.eos_token_id}
+    rows, outs = [], {}
+    drafters = {"lookup": make_drafter("lookup", model), f"layers:{a.layers}": make_drafter(f"layers:{a.layers}",
+                                                                                            model)}
+    for p in prompts:
+        ids = prompt_ids(tok, p["messages"])
+
+        def hf(ids=ids, **extra):
+            t0 = time.perf_counter()
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.max_new_tokens,
+                                 do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                 **extra)
+            return out[0, ids.shape[1]:].tolist(), time.perf_counter() - t0, None
+
+        def ours(draft, ids=ids):
+            m = Metrics()
+            t0 = time.perf_counter()
+            out = [t for chunk in decode(model, ids[0].tolist(), max_new_tokens=a.max_new_tokens, eos=eos,
+                                         drafter=drafters.get(draft), metrics=m) for t in chunk]
+            return out, time.perf_counter() - t0, m
+
+        if not rows:
+            hf()  # warm-up: first calls pay for allocation and kernel selection
+            ours(None)
+        for name, fn in [("transformers", hf), ("transformers+lookup", lambda: hf(prompt_lookup_num_tokens=10)),
+                         ("ours", lambda: ours(None)), ("ours+lookup", lambda: ours("lookup")),
+                         (f"ours+layers:{a.layers}", lambda: ours(f"layers:{a.layers}"))]:
+            with torch.no_grad():
+                out, seconds, m = fn()
+            outs[p["id"], name] = out
+            ref = outs[p["id"], "ours" if name.startswith("ours+") else "transformers"]
+            rows.append({"dtype": dtype, "kind": p["kind"], "id": p["id"], "decoder": name, "new_tokens": len(out),
+                         "seconds": round(seconds, 4), "exact": out == ref,
+                         "passes": m.target_passes if m else None, "drafted": m.drafted if m else 0,
+                         "accepted": m.accepted if m else 0})
+        print(f"  {dtype} {p['id']:8} " + "  ".join(f"{r['decoder']} {r['new_tokens'] / r['seconds']:.1f}"
+                                                   for r in rows[-5:]), flush=True)
+    batch = batch_rows(model, tok, prompts, outs, rows, a.max_new_tokens, eos, drafters["lookup"])
+    return rows, {"weight_bytes": weight_bytes(model), **batch}
+
+
+def batch_rows(model, tok, prompts, outs, rows, max_new_tokens, eos, lookup) -> dict:
+    """The first prompt of four kinds decoded as one batch of 4, plain and with look-up, against the
+    same prompts at batch 1 (from the rows above): throughput, and per-row equality."""
+    from spectune.decode.engine import Request, decode_batch
+    from spectune.generate import prompt_ids
+
+    chosen = [next(p for p in prompts if p["kind"] == k) for k in ("chat", "summarization", "code-edit", "math")]
+    result = {}
+    for name, drafter in (("ours", None), ("ours+lookup", lookup)):
+        solo = [r for r in rows if r["decoder"] == name and r["id"] in {p["id"] for p in chosen}]
+        requests = [Request(prompt_ids(tok, p["messages"])[0].tolist(), max_new_tokens=max_new_tokens, eos=eos)
+                    for p in chosen]
+        got = {id(r): [] for r in requests}
+        t0 = time.perf_counter()
+        for events in decode_batch(model, requests, drafter=drafter, pad_id=0):
+            for r, tokens in events:
+                got[id(r)] += tokens
+        seconds = time.perf_counter() - t0
+        result[f"batch4 {name}"] = {
+            "tokens_per_s": sum(map(len, got.values())) / seconds,
+            "batch1_tokens_per_s": sum(r["new_tokens"] for r in solo) / sum(r["seconds"] for r in solo),
+            "exact": all(got[id(r)] == outs[p["id"], name] for r, p in zip(requests, chosen, strict=True))}
+    return result
+
+
+def num(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["dtype"], r["kind"], r["decoder"]].append(r)
+    out = []
+    for (dtype, kind, decoder), rs in groups.items():
+        passes = sum(r["passes"] or 0 for r in rs)
+        drafted = sum(r["drafted"] for r in rs)
+        out.append({"dtype": dtype, "kind": kind, "decoder": decoder, "prompts": len(rs),
+                    "tokens_per_s": sum(r["new_tokens"] for r in rs) / sum(r["seconds"] for r in rs),
+                    "tau": sum(r["new_tokens"] for r in rs) / passes if passes else None,
+                    "acceptance": sum(r["accepted"] for r in rs) / drafted if drafted else None,
+                    "exact": all(r["exact"] for r in rs)})
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--per-kind", type=int, default=8, help="prompts of each kind (at most 8)")
+    ap.add_argument("--dtypes", default="fp32,bf16,int8")
     ap.add_argument("--layers", type=int, default=8, help="N for the layers:N draft")
     ap.add_argument("--json", default="bench/decode.json")
     a = ap.parse_args()
 
-    from spectune.decode.drafters import make_drafter
-    from spectune.decode.engine import Metrics, decode
-    from spectune.generate import prompt_ids
-    from spectune.loading import load_model, load_tokenizer
+    from spectune.loading import load_tokenizer
 
     torch.set_num_threads(os.cpu_count() or 2)
-    tok, model = load_tokenizer(a.model), load_model(a.model)
-    eos = {tok.eos_token_id}
-    rows, outs = [], {}
-    for kind, text in PROMPTS.items():
-        ids = prompt_ids(tok, text)
-        n_prompt = ids.shape[1]
-
-        def hf(ids=ids, n_prompt=n_prompt, **extra):
-            t0 = time.perf_counter()
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.max_new_tokens,
-                                 do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                 **extra)
-            return out[0, n_prompt:].tolist(), time.perf_counter() - t0, None
-
-        def ours(draft, ids=ids):
-            m = Metrics()
-            drafter = make_drafter(draft, model)
-            t0 = time.perf_counter()
-            out = [t for chunk in decode(model, ids[0].tolist(), max_new_tokens=a.max_new_tokens, eos=eos,
-                                         drafter=drafter, metrics=m) for t in chunk]
-            return out, time.perf_counter() - t0, m
-
-        hf()  # warm-up: first calls pay for allocation and kernel selection
-        ref = None
-        for name, fn in [("transformers", hf), ("transformers+lookup", lambda: hf(prompt_lookup_num_tokens=10)),
-                         ("ours", lambda: ours(None)), ("ours+lookup", lambda: ours("lookup")),
-                         (f"ours+layers:{a.layers}", lambda: ours(f"layers:{a.layers}"))]:
-            with torch.no_grad():
-                out, seconds, m = fn()
-            ref = out if ref is None else ref
-            outs[kind, name] = out
-            rows.append({"prompt": kind, "decoder": name, "new_tokens": len(out), "seconds": round(seconds, 3),
-                         "tokens_per_s": round(len(out) / seconds, 2), "exact": out == ref,
-                         "tau": round(m.tau, 3) if m else None,
-                         "acceptance": round(m.acceptance, 3) if m and m.drafted else None})
-            print(f"  {kind:10} {name:22} {rows[-1]['tokens_per_s']:7.2f} tok/s  exact={rows[-1]['exact']}",
-                  flush=True)
-    for r in rows:
-        base = next(x for x in rows if x["prompt"] == r["prompt"] and x["decoder"] == "transformers")
-        r["vs_transformers"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
-    lines = ["| prompt | decoder | new tokens | tokens/s | vs transformers | tau | acceptance | same text |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['prompt']} | {r['decoder']} | {r['new_tokens']} | {r['tokens_per_s']:.2f} | "
-                     f"{r['vs_transformers']:.2f}x | {'-' if r['tau'] is None else r['tau']} | "
-                     f"{'-' if r['acceptance'] is None else r['acceptance']} | "
-                     f"{'yes' if r['exact'] else 'NO'} |")
-    print("\n".join(lines))
-    batch_rows = batches(model, tok, rows, outs, a.max_new_tokens, eos)
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps({"model": a.model, "max_new_tokens": a.max_new_tokens, "dtype": "fp32",
-                                        "rows": rows, "batch": batch_rows, "date": time.strftime("%Y-%m-%d")},
-                                       indent=1))
-
-
-def batches(model, tok, rows, outs, max_new_tokens, eos) -> list[dict]:
-    """All prompts at once (batch 4) against the same prompts one by one (batch 1, from the rows
-    above): throughput, and whether each row's text equals its batch-1 text."""
-    from spectune.decode.drafters import make_drafter
-    from spectune.decode.engine import Request, decode_batch
-    from spectune.generate import prompt_ids
-
-    kinds = list(PROMPTS)
-    prompts = [prompt_ids(tok, PROMPTS[k])[0].tolist() for k in kinds]
-    result = []
-    for draft, solo_name in ((None, "ours"), ("lookup", "ours+lookup")):
-        solo = [r for r in rows if r["decoder"] == solo_name]
-        solo_rate = sum(r["new_tokens"] for r in solo) / sum(r["seconds"] for r in solo)
-        requests = [Request(p, max_new_tokens=max_new_tokens, eos=eos) for p in prompts]
-        got = {id(r): [] for r in requests}
-        t0 = time.perf_counter()
-        for events in decode_batch(model, requests, drafter=make_drafter(draft, model), pad_id=0):
-            for r, tokens in events:
-                got[id(r)] += tokens
-        seconds = time.perf_counter() - t0
-        n = sum(len(v) for v in got.values())
-        exact = all(got[id(r)] == outs[k, solo_name] for r, k in zip(requests, kinds, strict=True))
-        result.append({"decoder": solo_name, "batch": len(prompts), "tokens_per_s": round(n / seconds, 2),
-                       "batch1_tokens_per_s": round(solo_rate, 2), "vs_batch1": round(n / seconds / solo_rate, 3),
-                       "exact": exact})
-    print("| decoder | batch | tokens/s | batch 1 tokens/s | vs batch 1 | same text as batch 1 |")
+    prompts_all = [json.loads(x) for x in Path(__file__).with_name("prompts.jsonl").read_text().splitlines()]
+    per_kind = defaultdict(int)
+    prompts = []
+    for p in prompts_all:
+        if per_kind[p["kind"]] < a.per_kind:
+            per_kind[p["kind"]] += 1
+            prompts.append(p)
+    tok = load_tokenizer(a.model)
+    gbs = bandwidth_gbs()
+    rows, extra = [], {}
+    for dtype in a.dtypes.split(","):
+        r, e = run_dtype(a, tok, dtype, prompts)
+        rows += r
+        extra[dtype] = e
+    summary = summarize(rows)
+    find = {(s["dtype"], s["kind"], s["decoder"]): s for s in summary}
+    kinds = list(dict.fromkeys(p["kind"] for p in prompts))
+    hf_fp32 = {k: find.get(("fp32", k, "transformers")) for k in kinds}
+    print(f"\n{a.model}, greedy, batch 1, {a.max_new_tokens} new tokens max, {a.per_kind} prompts per kind, "
+          f"{os.cpu_count()} CPU cores, read bandwidth {gbs:.1f} GB/s")
+    print("| dtype | kind | decoder | tokens/s | vs transformers (same dtype) | vs transformers fp32 | "
+          "vs our plain | tau | acceptance | same text |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for s in summary:
+        ref = find[s["dtype"], s["kind"], "transformers"]["tokens_per_s"]
+        plain = find[s["dtype"], s["kind"], "ours"]["tokens_per_s"]
+        base = hf_fp32[s["kind"]]["tokens_per_s"] if hf_fp32[s["kind"]] else float("nan")
+        s.update(vs_transformers=s["tokens_per_s"] / ref, vs_transformers_fp32=s["tokens_per_s"] / base,
+                 vs_ours_plain=s["tokens_per_s"] / plain)
+        print(f"| {s['dtype']} | {s['kind']} | {s['decoder']} | {s['tokens_per_s']:.1f} | "
+              f"{s['vs_transformers']:.2f}x | "
+              f"{s['vs_transformers_fp32']:.2f}x | {s['vs_ours_plain']:.2f}x | "
+              f"{num(s['tau'])} | {num(s['acceptance'])} | "
+              f"{'yes' if s['exact'] else 'NO'} |")
+    print("\n| dtype | setting | tokens/s | batch 1 tokens/s | ratio | same text as batch 1 |")
     print("|---|---|---|---|---|---|")
-    for r in result:
-        print(f"| {r['decoder']} | {r['batch']} | {r['tokens_per_s']:.2f} | {r['batch1_tokens_per_s']:.2f} | "
-              f"{r['vs_batch1']:.2f}x | {'yes' if r['exact'] else 'NO'} |")
-    return result
+    for dtype, e in extra.items():
+        for name in ("batch4 ours", "batch4 ours+lookup"):
+            b = e[name]
+            print(f"| {dtype} | {name} | {b['tokens_per_s']:.1f} | {b['batch1_tokens_per_s']:.1f} | "
+                  f"{b['tokens_per_s'] / b['batch1_tokens_per_s']:.2f}x | {'yes' if b['exact'] else 'NO'} |")
+    print("\n| dtype | decoder | weights read per token | bound (tokens/s) | plain tokens/s, all kinds | "
+          "fraction of bound |\n|---|---|---|---|---|---|")
+    for dtype, e in extra.items():
+        bound = gbs * 1e9 / e["weight_bytes"]
+        for decoder in ("transformers", "ours"):
+            rs = [r for r in rows if r["dtype"] == dtype and r["decoder"] == decoder]
+            rate = sum(r["new_tokens"] for r in rs) / sum(r["seconds"] for r in rs)
+            e[f"{decoder}_fraction_of_bound"] = rate / bound
+            print(f"| {dtype} | {decoder} | {e['weight_bytes'] / 1e6:.0f} MB | {bound:.1f} | {rate:.1f} | "
+                  f"{rate / bound:.0%} |")
+    try:
+        import llama_cpp  # noqa: F401
+
+        print("\nllama-cpp-python is installed, but its reference row is not wired into this bench yet.")
+    except ImportError:
+        print("\nllama.cpp reference row: llama-cpp-python is not installed in this environment (not measured).")
+    Path(a.json).write_text(json.dumps({"model": a.model, "max_new_tokens": a.max_new_tokens, "per_kind": a.per_kind,
+                                        "bandwidth_gbs": gbs, "summary": summary, "extra": extra, "rows": rows,
+                                        "date": time.strftime("%Y-%m-%d")}, indent=1))
+    print(f"written to {a.json}")
 
 
 if __name__ == "__main__":

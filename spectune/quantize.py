@@ -19,6 +19,10 @@ import torch
 class Int8Linear(torch.nn.Module):
     """y = x @ (scale * W_int8).T + b, with W (out, in) int8 and scale (out,)."""
 
+    # Measured here (576 -> 1536): int8 kernel 0.04 ms at 1 row, 0.78 ms at 64, 2.98 ms at 256;
+    # dequantize + bf16 matmul 0.45 ms whatever the rows up to 64, 0.76 ms at 256.
+    DEQUANTIZE_FROM = 32
+
     def __init__(self, linear: torch.nn.Linear, act_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         w = linear.weight.detach().float()  # (out, in)
@@ -30,8 +34,11 @@ class Int8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(self.act_dtype),
-                                               self.weight_int8, self.scale)  # (N, out)
+        rows = x.reshape(-1, self.in_features).to(self.act_dtype)  # (N, in)
+        if rows.shape[0] < self.DEQUANTIZE_FROM:
+            y = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scale)  # (N, out)
+        else:  # the kernel's cost grows with every row: a long prompt is faster on dequantized weights
+            y = torch.nn.functional.linear(rows, self.weight_int8.to(self.act_dtype) * self.scale[:, None])
         if self.bias is not None:
             y = y + self.bias
         return y.view(*lead, self.out_features)

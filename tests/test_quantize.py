@@ -17,6 +17,10 @@ def test_int8_linear_is_close_to_the_float_layer():
     want, got = lin(x), Int8Linear(lin)(x).float()
     assert got.shape == want.shape
     assert (got - want).abs().max() < 0.03 * want.abs().max()
+    long = torch.randn(2, Int8Linear.DEQUANTIZE_FROM, 64)  # a prompt's rows: the dequantized path
+    q = Int8Linear(lin)
+    torch.testing.assert_close(q(long).float(), torch.cat([q(long[:, i:i + 1]) for i in range(long.shape[1])], 1)
+                               .float(), atol=0.05, rtol=0.02)
 
 
 def test_quantized_model_keeps_its_predictions_and_speculation_stays_exact():

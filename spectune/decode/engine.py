@@ -100,12 +100,17 @@ class AdaptiveK:
                 self.pause_len = min(2 * self.pause_len, 64)
 
 
-def forward_batch(model, input_ids: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
+def forward_batch(model, input_ids: torch.Tensor, mask: torch.Tensor, cache, last_only: bool = False):
     """Logits (B, T, V) for input_ids (B, T) appended to `cache`; mask (B, S+T) says which cache
-    columns each row attends to; each row's positions count only its own attended columns."""
+    columns each row attends to; each row's positions count only its own attended columns.
+    `last_only`: logits of the last position only, (B, 1, V): a prefill needs no more, and the
+    output layer over every prompt position would be the largest product of the pass."""
     positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]  # (B, T)
-    key = "cache" if "cache" in _forward_params(type(model)) else "past_key_values"
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{key: cache})
+    params = _forward_params(type(model))
+    extra = {"cache" if "cache" in params else "past_key_values": cache}
+    if last_only and "logits_to_keep" in params:
+        extra["logits_to_keep"] = 1
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
     return out.logits
 
 
@@ -186,7 +191,7 @@ class Batch:
             r._start(self.drafter, self.k, self.adaptive)
         ids, mask = ragged_cache.left_pad([r.prompt for r in requests], self.pad_id)
         cache = DynamicCache(config=self.model.config)
-        logits = forward_batch(self.model, ids, mask, cache)[:, -1]  # (b, V)
+        logits = forward_batch(self.model, ids, mask, cache, last_only=True)[:, -1]  # (b, V)
         best = logits.argmax(-1).tolist()
         events = []
         for b, r in enumerate(requests):
