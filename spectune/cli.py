@@ -20,6 +20,7 @@ from . import __version__
 from .config import (
     ChatConfig,
     DataPrepareConfig,
+    DistillConfig,
     EvalConfig,
     ExportConfig,
     GenerateConfig,
@@ -105,23 +106,51 @@ def cmd_generate(cfg: GenerateConfig) -> int:
     gen = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft, quantize=cfg.quantize)
     options = {k: v for k, v in vars(cfg).items()
                if k not in ("model", "prompt", "prompts", "out", "dtype", "draft", "batch_size", "skip_bad",
-                            "quantize")}
+                            "quantize", "compare")}
     if cfg.prompts:
         from .generate import answer_file
 
         answer_file(gen, cfg.prompts, cfg.out, batch_size=cfg.batch_size, skip_bad=cfg.skip_bad, **options)
         return 0
+    plain = None
+    if cfg.compare:  # the same model without its drafter first: the speed speculation is measured against
+        drafter, gen.drafter = gen.drafter, None
+        gen.generate(cfg.prompt, **{**options, "max_new_tokens": 2})  # warm-up: first calls allocate
+        plain = gen.generate(cfg.prompt, **options)
+        gen.drafter = drafter
     for piece in gen.stream(cfg.prompt, **options):
         sys.stdout.write(piece)
         sys.stdout.flush()
     print()
     r = gen.last
+    if plain is not None:
+        s = r.speculative
+        print(f"[plain: {plain.new_tokens} tokens, {plain.new_tokens / plain.seconds:.1f} tokens/s | speculative "
+              f"({cfg.draft}): {r.new_tokens} tokens, {r.new_tokens / r.seconds:.1f} tokens/s, "
+              f"{r.new_tokens / r.seconds / (plain.new_tokens / plain.seconds):.2f}x, tau {s['tau']:.2f}, "
+              f"acceptance {s['acceptance']:.0%} | same text: {'yes' if r.text == plain.text else 'NO'}]",
+              file=sys.stderr)
+        return 0
     rate = r.new_tokens / r.seconds if r.seconds else 0.0
     spec = ""
     if r.speculative:
         spec = (f", {r.speculative['accepted']}/{r.speculative['drafted']} drafts accepted, "
                 f"tau {r.speculative['tau']:.2f} tokens per target pass")
     print(f"[{r.new_tokens} new tokens in {r.seconds:.2f} s, {rate:.1f} tokens/s{spec}]", file=sys.stderr)
+    return 0
+
+
+def cmd_distill(cfg: DistillConfig) -> int:
+    from .train import train
+
+    values = cfg.train_config()
+    if cfg.resume:
+        values = {"out": cfg.out, "resume": True, "quiet": cfg.quiet}
+    info = train(build(TrainConfig, values))
+    best = info.get("best") or {}
+    if best.get("value") is not None:
+        print(f"best dev agreement with the target: {best['value']:.4f} at step {best['step']}", file=sys.stderr)
+    print(f"draft saved in {cfg.out}; use it with --draft {cfg.out}", file=sys.stderr)
     return 0
 
 
@@ -193,6 +222,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type, Callable[..., int]]] = {
     ("models", "prepare"): (PrepareConfig, cmd_models_prepare),
     ("generate",): (GenerateConfig, cmd_generate),
     ("chat",): (ChatConfig, cmd_chat),
+    ("distill",): (DistillConfig, cmd_distill),
     ("train",): (TrainConfig, cmd_train),
     ("eval",): (EvalConfig, cmd_eval),
     ("predict",): (PredictConfig, cmd_predict),

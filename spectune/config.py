@@ -77,6 +77,8 @@ class GenerateConfig:
                                                         "a quarter of the bytes read per token")
     draft: str | None = opt(None, help="speculative decoding drafter: lookup (prompt n-grams), layers:N (the "
                                        "target's first N layers), or a model with the same tokenizer")
+    compare: bool = opt(False, help="with --draft and --prompt: decode plainly too and print both speeds, "
+                                    "tau, acceptance, and whether the texts match")
     batch_size: int = opt(1, help="with --prompts: decode this many prompts together; a finished one's "
                                   "place goes to the next at once", min=1, max=256)
     truncate: Literal["error", "left"] = opt("error", help="a prompt that leaves no room for max_new_tokens "
@@ -92,6 +94,9 @@ class GenerateConfig:
             raise SpectuneError("is empty; give the text to continue", where="prompt")
         if self.stop and not all(self.stop):
             raise SpectuneError("an empty stop string would stop at once", where="stop")
+        if self.compare and (not self.draft or self.prompts):
+            raise SpectuneError("compares plain and speculative decoding: give --draft and --prompt",
+                                where="compare")
 
 
 @dataclass(kw_only=True)
@@ -117,8 +122,9 @@ class ChatConfig:
 class TrainConfig:
     """`spectune train`: fine-tune a model for a task; the run folder holds everything it made."""
 
-    task: Literal["ner", "classify", "lm"] | None = opt(None, help="ner (token classification), classify (one "
-                                                             "label per text) or lm (causal-LM generation)")
+    task: Literal["ner", "classify", "lm", "draft"] | None = opt(None, help="ner (token classification), classify "
+                                                                      "(one label per text), lm (causal-LM "
+                                                                      "generation) or draft (see `distill`)")
     model: str | None = opt(None, help="base model: alias, folder, .gguf file or hub id")
     train: str | None = opt(None, help="training file (ner: CoNLL or JSONL; classify: CSV/TSV/JSONL; lm: JSONL "
                                        "or .txt)")
@@ -143,6 +149,9 @@ class TrainConfig:
     warmup_ratio: float = opt(0.06, help="fraction of the steps spent warming up", min=0.0, max=1.0)
     max_grad_norm: float = opt(1.0, help="clip gradients to this norm (0: off)", min=0.0)
     dropout: float | None = opt(None, help="override every dropout probability of the model", min=0.0, max=1.0)
+    draft_layers: int = opt(2, help="with --task draft: layers of the draft (the target's first N)", min=1)
+    draft_new_tokens: int = opt(64, help="with --task draft: tokens the target answers each prompt with",
+                                min=1, max=4096)
     max_length: int = opt(256, help="tokens per example (NER: longer sentences are windowed)", min=8)
     bf16: bool = opt(False, help="bf16 autocast for forward and backward")
     seed: int = opt(42, help="seed for initialisation, shuffling and dropout")
@@ -166,6 +175,51 @@ class TrainConfig:
             raise SpectuneError(f"missing required option(s): {', '.join(missing)}")
         if self.patience and not self.dev:
             raise SpectuneError("early stopping needs a dev file (--dev)", where="patience")
+
+
+@dataclass(kw_only=True)
+class DistillConfig:
+    """`spectune distill`: train a speculative-decoding draft that matches a (fine-tuned) target."""
+
+    target: str | None = opt(None, help="the target: alias, model folder, .gguf, hub id, or an lm run folder")
+    data: str | None = opt(None, help="training prompts: JSONL {\"prompt\"} / {\"messages\"} (a final assistant "
+                                      "turn is dropped) or .txt, one prompt per line")
+    dev: str | None = opt(None, help="dev prompts: early stopping on greedy agreement with the target")
+    out: str = opt(help="the draft's run folder (use it as --draft OUT)")
+    kind: Literal["small", "head"] = opt("small", help="small: the target's first N layers, trained; head: an "
+                                                       "EAGLE-style head (not yet)")
+    layers: int = opt(2, help="layers of the draft", min=1)
+    new_tokens: int = opt(64, help="tokens the target answers each prompt with (the distillation data)",
+                          min=1, max=4096)
+    epochs: int = opt(3, help="passes over the prompts", min=1)
+    max_steps: int = opt(0, help="stop after this many optimizer steps (0: no limit)", min=0)
+    batch_size: int = opt(8, help="sequences per step", min=1)
+    lr: float = opt(3e-4, help="peak learning rate", min=0.0)
+    max_length: int = opt(320, help="prompt + answer tokens kept per sequence", min=16)
+    max_train_examples: int = opt(0, help="use only the first N prompts (0: all)", min=0)
+    max_eval_examples: int = opt(0, help="use only the first N dev prompts (0: all)", min=0)
+    eval_every: int = opt(0, help="evaluate every N steps (0: every epoch)", min=0)
+    patience: int = opt(0, help="stop after N evaluations without improvement (0: never)", min=0)
+    save_every: int = opt(0, help="also checkpoint every N steps (0: at each evaluation)", min=0)
+    seed: int = opt(0, help="random seed")
+    resume: bool = opt(False, help="continue the run in --out from its last checkpoint")
+    quiet: bool = opt(False, help="no progress bars")
+
+    def check(self) -> None:
+        if self.kind == "head":
+            raise SpectuneError("the EAGLE-style head draft is not built yet; use --kind small", where="kind")
+        if not self.resume and (self.target is None or self.data is None):
+            raise SpectuneError("give --target and --data (or --resume)", where="target")
+
+    def train_config(self) -> dict:
+        """The same run as `spectune train --task draft`."""
+        return {"task": "draft", "model": self.target, "train": self.data, "dev": self.dev, "out": self.out,
+                "draft_layers": self.layers, "draft_new_tokens": self.new_tokens, "epochs": self.epochs,
+                "max_steps": self.max_steps, "batch_size": self.batch_size, "lr": self.lr,
+                "max_length": self.max_length, "max_train_examples": self.max_train_examples,
+                "max_eval_examples": self.max_eval_examples, "eval_every": self.eval_every,
+                "patience": self.patience, "save_every": self.save_every, "seed": self.seed, "resume": self.resume, "quiet": self.quiet,
+                "weight_decay": 0.0, "warmup_ratio": 0.03}
 
 
 @dataclass(kw_only=True)

@@ -54,7 +54,7 @@ class Generator:
             quantize_int8(self.model)
         elif quantize != "none":
             raise SpectuneError(f"got {quantize!r}, expected none or int8", where="quantize")
-        self.drafter = make_drafter(draft, self.model)  # after quantizing: layers:N shares the int8 layers
+        self.drafter = make_drafter(draft, self.model, model)  # after quantizing: layers:N shares the int8 layers
         self._setup()
 
     @classmethod

@@ -39,6 +39,8 @@ def max_positions(base: str) -> int | None:
 
     from .models import resolve_model
 
+    if is_run(base):
+        return max_positions(read_run(base)["base_model"])
     config = AutoConfig.from_pretrained(resolve_model(base).path)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         if isinstance(getattr(config, key, None), int):
@@ -46,10 +48,51 @@ def max_positions(base: str) -> int | None:
     return None
 
 
+def is_run(spec: str | Path) -> bool:
+    return (Path(spec) / RUN_FILE).is_file()
+
+
+def load_generation_model(spec: str):
+    """A causal LM to generate with: a model spec, or an lm run folder (a LoRA adapter merged)."""
+    if is_run(spec):
+        info, _, model = load_run(spec)
+        if info["task"] != "lm":
+            raise SpectuneError(f"is a {info['task']} run; a causal-LM (lm) run or a model is needed", where=str(spec))
+        return (model.merge_and_unload() if hasattr(model, "merge_and_unload") else model).eval()
+    from .loading import load_model
+
+    return load_model(spec).eval()
+
+
+def fingerprint(spec: str) -> str:
+    """Identity of a generation model's weights: SHA-256 over its safetensors files (a run: its
+    model folder's, plus its base model's for an adapter). Drafts record their target's."""
+    import hashlib
+
+    from .gguf_convert import file_sha256
+
+    h = hashlib.sha256()
+    if is_run(spec):
+        info = read_run(spec)
+        folder = Path(spec) / "model"
+        if info.get("peft") in PEFT_METHODS:
+            h.update(fingerprint(info["base_model"]).encode())
+    else:
+        from .models import resolve_model
+
+        folder = Path(resolve_model(spec).path)
+    for f in sorted(folder.glob("*.safetensors")):
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
 def build_model(task, base: str, labels: list[str] | None, dropout: float | None = None):
     """The task's head on a resolved base model, loaded from safetensors."""
     import torch
     from transformers import AutoConfig
+
+    if hasattr(task, "build_model"):  # a task that makes its model from another (a draft from its target)
+        return task.build_model(dropout)
 
     from .models import resolve_model
 

@@ -28,6 +28,8 @@ from .errors import SpectuneError
 from .run import (
     RUN_FILE,
     build_model,
+    fingerprint,
+    is_run,
     load_run,
     max_positions,
     read_run,
@@ -41,6 +43,8 @@ LOWER_IS_BETTER = ("loss", "perplexity")
 def task_options(cfg: TrainConfig) -> dict:
     if cfg.task == "classify":
         return {"text_column": cfg.text_column, "label_column": cfg.label_column, "class_weights": cfg.class_weights}
+    if cfg.task == "draft":
+        return {"target": cfg.model, "layers": cfg.draft_layers, "new_tokens": cfg.draft_new_tokens}
     return {}
 
 
@@ -63,7 +67,7 @@ def train(cfg: TrainConfig) -> dict:
     from accelerate.utils import DataLoaderConfiguration, set_seed
     from transformers import get_scheduler
 
-    from .loading import load_tokenizer
+    from .loading import load_tokenizer, tokenizer_from_folder
     from .tasks import make_task
 
     out = Path(cfg.out)
@@ -89,7 +93,7 @@ def train(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed)
 
     # Data first: a mistake in any file is reported before minutes of model loading.
-    tok = load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model) if not is_run(cfg.model) else tokenizer_from_folder(Path(cfg.model) / "model")
     limit = max_positions(cfg.model)
     if limit and cfg.max_length > limit:
         say(f"note: --max-length {cfg.max_length} is beyond what {cfg.model} can take; using {limit}")
@@ -145,6 +149,8 @@ def train(cfg: TrainConfig) -> dict:
             "scheme": getattr(task, "scheme", None), "max_length": cfg.max_length, "task_options": task_options(cfg),
             "metric": metric, "trainable_params": trainable, "total_params": total,
             "arguments": dataclasses.asdict(cfg), "versions": _versions(), "status": "running"}
+    if cfg.task == "draft":  # a draft serves one target: `--draft RUN` checks it is that one
+        info["target_fingerprint"] = fingerprint(cfg.model)
     state = {"epoch": 0, "batches_in_epoch": 0, "step": 0, "best": None, "best_step": None, "bad_evals": 0,
              "history": [], "loss_sum": 0.0, "loss_count": 0, "tokens": 0, "seconds": 0.0}
     if cfg.resume:

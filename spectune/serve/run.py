@@ -73,7 +73,7 @@ class ServerState:
 
                     quantize_int8(model)
                 self.generator = Generator.from_loaded(model, p.task.tok, cfg.model,
-                                                       drafter=make_drafter(cfg.draft, model))
+                                                       drafter=make_drafter(cfg.draft, model, cfg.model))
             else:
                 self.generator = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft, quantize=cfg.quantize)
             self.scheduler = Scheduler(self.generator, max_batch=cfg.max_batch, max_queue=cfg.max_queue,

@@ -1,4 +1,5 @@
-"""The three task kinds. Each knows its data, its head, its encoding, its loss and its metrics.
+"""The task kinds: ner, classify, lm, and draft (distilling a speculative-decoding draft for a
+target). Each knows its data, its head, its encoding, its loss and its metrics.
 
 A task object is what the training loop, `eval` and `predict` talk to:
   read(path) -> examples; labels_from(examples); encode(examples) -> features;
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from ..errors import SpectuneError
 
-TASKS = ("ner", "classify", "lm")
+TASKS = ("ner", "classify", "lm", "draft")
 
 
 def make_task(name: str, tokenizer, labels: list[str] | None = None, max_length: int = 256, **options):
@@ -19,6 +20,8 @@ def make_task(name: str, tokenizer, labels: list[str] | None = None, max_length:
         from .sequence_classification import SequenceClassification as cls
     elif name == "lm":
         from .causal_lm import CausalLM as cls
+    elif name == "draft":
+        from .draft_distill import DraftDistill as cls
     else:
         raise SpectuneError(f"got {name!r}, expected one of: {', '.join(TASKS)}", where="task")
     return cls(tokenizer, labels=labels, max_length=max_length, **options)

@@ -1,0 +1,89 @@
+"""Distilled drafts: training raises the draft's agreement with its target, the trained draft plugs
+into --draft and leaves the output exactly the target's, it is refused for another target, and an
+interrupted distillation resumes."""
+
+import json
+
+import pytest
+import tiny
+import torch
+
+from spectune import Generator
+from spectune.cli import main
+from spectune.errors import SpectuneError
+from spectune.run import read_run
+
+
+@pytest.fixture(scope="module")
+def target_dir(tmp_path_factory):
+    # A 4-layer target with varied continuations (untied, scaled head) whose first 2 layers alone
+    # rarely agree with it: there is something to learn.
+    model = tiny.tiny_llama(seed=3, sharpen=1.0, num_hidden_layers=4, tie_word_embeddings=False)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    return tiny.save_with_tokenizer(model, tmp_path_factory.mktemp("target"), tiny.TINY_BPE)
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prompts")
+    words = "the a cat dog sat on mat ran far blue red sky sea big small".split()
+    g = torch.Generator().manual_seed(0)
+    lines = [" ".join(words[i] for i in torch.randint(0, len(words), (6,), generator=g).tolist()) for _ in range(72)]
+    (d / "train.jsonl").write_text("".join(json.dumps({"prompt": x}) + "\n" for x in lines[:60]))
+    (d / "dev.jsonl").write_text("".join(json.dumps({"messages": [{"role": "user", "content": x},
+                                                                   {"role": "assistant", "content": "dropped"}]})
+                                         + "\n" for x in lines[60:]))
+    return d
+
+
+def distill(out, target_dir, prompts, *extra):
+    return main(["distill", "--target", str(target_dir), "--data", str(prompts / "train.jsonl"), "--dev",
+                 str(prompts / "dev.jsonl"), "--out", str(out), "--layers", "2", "--new-tokens", "24",
+                 "--batch-size", "8", "--lr", "3e-3", "--max-length", "64", "--quiet", *extra])
+
+
+def test_distillation_raises_agreement_and_the_draft_is_exact(tmp_path, target_dir, prompts):
+    assert distill(tmp_path / "draft", target_dir, prompts, "--epochs", "12", "--lr", "5e-3") == 0
+    info = read_run(tmp_path / "draft")
+    assert info["task"] == "draft" and len(info["target_fingerprint"]) == 64
+
+    def acceptance(gen):
+        drafted = accepted = 0
+        for line in (prompts / "dev.jsonl").read_text().splitlines():
+            text = json.loads(line)["messages"][0]["content"]
+            r = gen.generate(text, raw=True, max_new_tokens=24)
+            assert r.text == plain.generate(text, raw=True, max_new_tokens=24).text  # exact: the target's text
+            drafted, accepted = drafted + r.speculative["drafted"], accepted + r.speculative["accepted"]
+        return accepted / drafted
+
+    plain = Generator(str(target_dir))
+    before = acceptance(Generator(str(target_dir), draft="layers:2"))  # the same layers, untrained
+    after = acceptance(Generator(str(target_dir), draft=str(tmp_path / "draft")))
+    assert after > before + 0.1 and info["best"]["value"] > 0.6, (before, after, info["best"])
+    other = tiny.save_with_tokenizer(tiny.tiny_llama(seed=9, num_hidden_layers=4), tmp_path / "other", tiny.TINY_BPE)
+    with pytest.raises(SpectuneError, match="distilled for"):
+        Generator(str(other), draft=str(tmp_path / "draft"))
+
+
+def test_interrupted_distillation_resumes_to_the_same_draft(tmp_path, target_dir, prompts, monkeypatch):
+    from safetensors.torch import load_file
+
+    from spectune.tasks.draft_distill import DraftDistill
+
+    assert distill(tmp_path / "whole", target_dir, prompts, "--epochs", "2", "--save-every", "3") == 0
+    real_loss, calls = DraftDistill.loss, {"n": 0}
+
+    def crash_at_11(self, model, batch, *args, **kw):  # calls 9-10 score dev: the crash hits step 9
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return real_loss(self, model, batch, *args, **kw)
+
+    monkeypatch.setattr(DraftDistill, "loss", crash_at_11)
+    assert distill(tmp_path / "cut", target_dir, prompts, "--epochs", "2", "--save-every", "3") == 130
+    monkeypatch.setattr(DraftDistill, "loss", real_loss)
+    assert json.loads((tmp_path / "cut/checkpoint-last/trainer_state.json").read_text())["step"] == 8  # the epoch-end checkpoint
+    assert main(["distill", "--out", str(tmp_path / "cut"), "--resume", "--quiet"]) == 0
+    a, b = load_file(tmp_path / "whole/model/model.safetensors"), load_file(tmp_path / "cut/model/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
