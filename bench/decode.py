@@ -69,6 +69,8 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
     rows, outs = [], {}
     drafters = {"lookup": make_drafter("lookup", model), f"layers:{a.layers}": make_drafter(f"layers:{a.layers}",
                                                                                             model)}
+    if a.draft_run:  # a draft distilled for this target (`spectune distill`)
+        drafters["distilled"] = make_drafter(a.draft_run, model, a.model)
     for p in prompts:
         ids = prompt_ids(tok, p["messages"])
 
@@ -89,9 +91,12 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
         if not rows:
             hf()  # warm-up: first calls pay for allocation and kernel selection
             ours(None)
-        for name, fn in [("transformers", hf), ("transformers+lookup", lambda: hf(prompt_lookup_num_tokens=10)),
-                         ("ours", lambda: ours(None)), ("ours+lookup", lambda: ours("lookup")),
-                         (f"ours+layers:{a.layers}", lambda: ours(f"layers:{a.layers}"))]:
+        decoders = [("transformers", hf), ("transformers+lookup", lambda: hf(prompt_lookup_num_tokens=10)),
+                    ("ours", lambda: ours(None)), ("ours+lookup", lambda: ours("lookup")),
+                    (f"ours+layers:{a.layers}", lambda: ours(f"layers:{a.layers}"))]
+        if a.draft_run:
+            decoders.append(("ours+distilled", lambda: ours("distilled")))
+        for name, fn in decoders:
             with torch.no_grad():
                 out, seconds, m = fn()
             outs[p["id"], name] = out
@@ -101,7 +106,7 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
                          "passes": m.target_passes if m else None, "drafted": m.drafted if m else 0,
                          "accepted": m.accepted if m else 0})
         print(f"  {dtype} {p['id']:8} " + "  ".join(f"{r['decoder']} {r['new_tokens'] / r['seconds']:.1f}"
-                                                   for r in rows[-5:]), flush=True)
+                                                   for r in rows[-6 if a.draft_run else -5:]), flush=True)
     batch = batch_rows(model, tok, prompts, outs, rows, a.max_new_tokens, eos, drafters["lookup"])
     return rows, {"weight_bytes": weight_bytes(model), **batch}
 
@@ -112,7 +117,8 @@ def batch_rows(model, tok, prompts, outs, rows, max_new_tokens, eos, lookup) -> 
     from spectune.decode.engine import Request, decode_batch
     from spectune.generate import prompt_ids
 
-    chosen = [next(p for p in prompts if p["kind"] == k) for k in ("chat", "summarization", "code-edit", "math")]
+    kinds = list(dict.fromkeys(p["kind"] for p in prompts))
+    chosen = [next(p for p in prompts if p["kind"] == k) for k in (kinds * 4)[:4]]
     result = {}
     for name, drafter in (("ours", None), ("ours+lookup", lookup)):
         solo = [r for r in rows if r["decoder"] == name and r["id"] in {p["id"] for p in chosen}]
@@ -158,6 +164,8 @@ def main() -> None:
     ap.add_argument("--per-kind", type=int, default=8, help="prompts of each kind (at most 8)")
     ap.add_argument("--dtypes", default="fp32,bf16,int8")
     ap.add_argument("--layers", type=int, default=8, help="N for the layers:N draft")
+    ap.add_argument("--draft-run", help="also a draft distilled for --model (`spectune distill --out DIR`)")
+    ap.add_argument("--kinds", help="only these kinds, comma-separated")
     ap.add_argument("--json", default="bench/decode.json")
     a = ap.parse_args()
 
@@ -168,7 +176,7 @@ def main() -> None:
     per_kind = defaultdict(int)
     prompts = []
     for p in prompts_all:
-        if per_kind[p["kind"]] < a.per_kind:
+        if per_kind[p["kind"]] < a.per_kind and (not a.kinds or p["kind"] in a.kinds.split(",")):
             per_kind[p["kind"]] += 1
             prompts.append(p)
     tok = load_tokenizer(a.model)

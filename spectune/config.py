@@ -218,7 +218,8 @@ class DistillConfig:
                 "max_steps": self.max_steps, "batch_size": self.batch_size, "lr": self.lr,
                 "max_length": self.max_length, "max_train_examples": self.max_train_examples,
                 "max_eval_examples": self.max_eval_examples, "eval_every": self.eval_every,
-                "patience": self.patience, "save_every": self.save_every, "seed": self.seed, "resume": self.resume, "quiet": self.quiet,
+                "patience": self.patience, "save_every": self.save_every, "seed": self.seed,
+                "resume": self.resume, "quiet": self.quiet,
                 "weight_decay": 0.0, "warmup_ratio": 0.03}
 
 
@@ -263,7 +264,8 @@ class ExportConfig:
 class DataPrepareConfig:
     """`spectune data prepare`: write a bundled real corpus as train/dev/test files."""
 
-    name: Literal["pd1998-ner", "chn-sentiment", "chatterbot-topics"] = opt(help="corpus to prepare", positional=True)
+    name: Literal["pd1998-ner", "chn-sentiment", "chatterbot-topics", "chatterbot-chat"] = opt(
+        help="corpus to prepare", positional=True)
     out: str = opt(help="folder for train/dev/test files")
 
 

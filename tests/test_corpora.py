@@ -64,3 +64,14 @@ def test_prepare_train_eval_end_to_end(pd, tmp_path, tiny_bert_dir, capsys):
     report = json.loads((tmp_path / "r.json").read_text())
     assert set(report["entity"]["per_type"]) == {"PER", "LOC", "ORG"}
     assert "Entity-level report" in capsys.readouterr().out
+
+
+def test_chatterbot_chat_alternates_turns_and_ends_on_an_answer(tmp_path):
+    counts = prepare("chatterbot-chat", tmp_path)
+    assert counts["train"]["chats"] > 500 and counts["dev"]["chats"] > 40
+    firsts = {}
+    for split in ("train", "dev", "test"):
+        for line in (tmp_path / f"{split}.jsonl").read_text().splitlines():
+            msgs = json.loads(line)["messages"]
+            assert [m["role"] for m in msgs] == ["user", "assistant"] * (len(msgs) // 2)
+            assert firsts.setdefault(msgs[0]["content"], split) == split  # a first turn stays in one split

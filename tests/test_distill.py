@@ -83,7 +83,8 @@ def test_interrupted_distillation_resumes_to_the_same_draft(tmp_path, target_dir
     monkeypatch.setattr(DraftDistill, "loss", crash_at_11)
     assert distill(tmp_path / "cut", target_dir, prompts, "--epochs", "2", "--save-every", "3") == 130
     monkeypatch.setattr(DraftDistill, "loss", real_loss)
-    assert json.loads((tmp_path / "cut/checkpoint-last/trainer_state.json").read_text())["step"] == 8  # the epoch-end checkpoint
+    state = json.loads((tmp_path / "cut/checkpoint-last/trainer_state.json").read_text())
+    assert state["step"] == 8  # the epoch-end checkpoint
     assert main(["distill", "--out", str(tmp_path / "cut"), "--resume", "--quiet"]) == 0
     a, b = load_file(tmp_path / "whole/model/model.safetensors"), load_file(tmp_path / "cut/model/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

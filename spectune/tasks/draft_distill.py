@@ -73,7 +73,13 @@ class DraftDistill:
                 msgs = msgs[:-1]
             if msgs:
                 rows.append(Prompt(msgs, where))
-        return require_rows(rows, path, "prompts")
+        seen, unique = set(), []
+        for r in rows:  # chats that differ only in their (dropped) answers give one prompt
+            key = repr(r.prompt)
+            if key not in seen:
+                seen.add(key)
+                unique.append(r)
+        return require_rows(unique, path, "prompts")
 
     def model_class(self):
         from transformers import AutoModelForCausalLM
