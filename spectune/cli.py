@@ -141,16 +141,11 @@ def cmd_generate(cfg: GenerateConfig) -> int:
 
 
 def cmd_distill(cfg: DistillConfig) -> int:
-    from .train import train
-
     values = cfg.train_config()
     if cfg.resume:
         values = {"out": cfg.out, "resume": True, "quiet": cfg.quiet}
-    info = train(build(TrainConfig, values))
-    best = info.get("best") or {}
-    if best.get("value") is not None:
-        print(f"best dev agreement with the target: {best['value']:.4f} at step {best['step']}", file=sys.stderr)
-    print(f"draft saved in {cfg.out}; use it with --draft {cfg.out}", file=sys.stderr)
+    cmd_train(build(TrainConfig, values))  # the same run as `spectune train --task draft`
+    print(f"use the draft with --draft {cfg.out}", file=sys.stderr)
     return 0
 
 

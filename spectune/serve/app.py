@@ -235,6 +235,11 @@ def create_app(state, lifespan=None) -> FastAPI:
         finally:
             job.request.cancelled = True
 
+    def respond(body, job: Job, chunk) -> StreamingResponse:
+        include = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(stream(job, chunk, include), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
@@ -251,9 +256,7 @@ def create_app(state, lifespan=None) -> FastAPI:
                     delta = {"content": piece} if piece else {}
                 return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}]}
 
-            include = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(job, chunk, include), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return respond(body, job, chunk)
         text = await collect(job)
         reason = finished(job)
         return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
@@ -272,9 +275,7 @@ def create_app(state, lifespan=None) -> FastAPI:
                     return None  # completions have no opening chunk
                 return {**head, "choices": [{"index": 0, "text": piece, "finish_reason": reason, "logprobs": None}]}
 
-            include = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(job, chunk, include), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return respond(body, job, chunk)
         text = await collect(job)
         reason = finished(job)
         return {**head, "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}],
@@ -289,20 +290,21 @@ def create_app(state, lifespan=None) -> FastAPI:
                            param="model", code="model_not_found")
         return found
 
+    def predictions(body: TextsRequest, kind: str) -> list[dict]:
+        p = predictor_for(body.model, kind)
+        with state.lock(body.model):  # one batch at a time per model: they share the CPU anyway
+            return p.classify(body.input) if kind == "classify" else p.ner(body.input)
+
     @app.post("/v1/classify")
     def classify(body: TextsRequest):
-        p = predictor_for(body.model, "classify")
-        with state.lock(body.model):
-            results = p.classify(body.input)
+        results = predictions(body, "classify")
         return {"object": "list", "model": body.model,
                 "data": [{"index": i, "label": r["label"], "score": r["probability"], "scores": r["probabilities"]}
                          for i, r in enumerate(results)]}
 
     @app.post("/v1/ner")
     def ner(body: TextsRequest):
-        p = predictor_for(body.model, "ner")
-        with state.lock(body.model):
-            results = p.ner(body.input)
+        results = predictions(body, "ner")
         return {"object": "list", "model": body.model,
                 "data": [{"index": i, "entities": [{k: e[k] for k in ("type", "text", "start", "end")}
                                                    for e in r["entities"]]} for i, r in enumerate(results)]}
