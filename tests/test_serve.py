@@ -236,12 +236,12 @@ def test_bad_setup_is_one_line_before_binding(tiny_llama_dir, tmp_path):
     assert r.returncode == 2 and "expected NAME=RUN_DIR" in r.stderr
 
 
-def test_schemathesis_finds_no_server_error(server):
+def test_schemathesis_finds_no_server_error(server, tmp_path):
     """Property-based requests generated from the server's own OpenAPI schema (bounded): no 5xx."""
     exe = os.path.join(os.path.dirname(sys.executable), "schemathesis")
     r = subprocess.run([exe, "run", server.url + "/openapi.json", "--checks", "not_a_server_error", "-n", "8",
                         "--generation-deterministic", "-H", f"Authorization: Bearer {KEY}"],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)  # its cache stays out of the repo
     assert r.returncode == 0, r.stdout[-3000:]
     assert re.search(r"\d+ generated, \d+ passed", r.stdout)
     assert httpx.get(server.url + "/health").status_code == 200
