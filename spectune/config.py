@@ -77,6 +77,10 @@ class GenerateConfig:
                                                         "a quarter of the bytes read per token")
     draft: str | None = opt(None, help="speculative decoding drafter: lookup (prompt n-grams), layers:N (the "
                                        "target's first N layers), or a model with the same tokenizer")
+    num_beams: int = opt(1, help="beam search with this many beams (1: greedy or sampling); deterministic, "
+                                 "no --draft", min=1, max=64)
+    length_penalty: float = opt(1.0, help="with --num-beams: finished beams score sum_logprobs / length ** this",
+                                min=-10.0, max=10.0)
     compare: bool = opt(False, help="with --draft and --prompt: decode plainly too and print both speeds, "
                                     "tau, acceptance, and whether the texts match")
     batch_size: int = opt(1, help="with --prompts: decode this many prompts together; a finished one's "
@@ -94,6 +98,9 @@ class GenerateConfig:
             raise SpectuneError("is empty; give the text to continue", where="prompt")
         if self.stop and not all(self.stop):
             raise SpectuneError("an empty stop string would stop at once", where="stop")
+        if self.num_beams > 1 and (self.temperature > 0 or self.draft):
+            raise SpectuneError("beam search is deterministic and drafts nothing: use it with --temperature 0 and "
+                                "without --draft", where="num_beams")
         if self.compare and (not self.draft or self.prompts):
             raise SpectuneError("compares plain and speculative decoding: give --draft and --prompt",
                                 where="compare")

@@ -107,8 +107,13 @@ class Generator:
         from .decode.text import TextStream
 
         cfg = self.settings(**options)
+        if self.drafter is not None and cfg.num_beams > 1:
+            raise SpectuneError("beam search drafts nothing: use a Generator without a draft", where="num_beams")
         request = self.request(prompt, cfg)
         text = TextStream(self.tokenizer, cfg.stop)
+        if cfg.num_beams > 1:
+            yield from self._beams(request, cfg, text)
+            return
         batch = Batch(self.model, drafter=self.drafter, pad_id=self.pad_id)
         self.last = GenerationResult("", 0, 0.0)
         try:
@@ -130,6 +135,23 @@ class Generator:
         finally:  # also when the caller stops reading early
             self.last = self._result(request, text.text)
 
+    def _beams(self, request, cfg: GenerateConfig, text) -> Iterator[str]:
+        """Beam search: the best hypothesis is known only at the end, so it comes as one piece."""
+        import time
+
+        from .decode.beam import beam_search
+
+        t0 = time.perf_counter()
+        tokens, _ = beam_search(self.model, request.prompt, beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens,
+                                eos=request.eos, length_penalty=cfg.length_penalty)
+        m = request.metrics
+        m.new_tokens, m.seconds = len(tokens), time.perf_counter() - t0
+        request.finish_reason = "stop" if tokens and tokens[-1] in request.eos else "length"
+        piece = text.feed(tokens) + text.finish()
+        self.last = self._result(request, text.text)
+        if piece:
+            yield piece
+
     def generate(self, prompt: str | list[dict], **options) -> GenerationResult:
         """The whole continuation at once, with its token count and time."""
         for _ in self.stream(prompt, **options):
@@ -143,6 +165,10 @@ class Generator:
         from .decode.text import TextStream
 
         cfg = self.settings(**options)
+        if cfg.num_beams > 1:  # beams are rows of their own: prompts go one at a time
+            for i, p in enumerate(prompts):
+                yield i, self.generate(p, **options)
+            return
         requests = [self.request(p, cfg) for p in prompts]  # every prompt checked before any decoding
         batch = Batch(self.model, drafter=self.drafter, pad_id=self.pad_id)
         texts, index = {}, {}
