@@ -37,19 +37,6 @@ def bandwidth_gbs() -> float:
     return best
 
 
-def weight_bytes(model) -> int:
-    """Bytes read per token: every linear layer's weights (and int8 scales); the embedding reads one row."""
-    from spectune.quantize import Int8Linear
-
-    total = 0
-    for m in model.modules():
-        if isinstance(m, torch.nn.Linear):
-            total += m.weight.numel() * m.weight.element_size()
-        elif isinstance(m, Int8Linear):
-            total += m.weight_int8.numel() + m.scale.numel() * m.scale.element_size()
-    return total
-
-
 def load(spec: str, dtype: str):
     from spectune.loading import load_model
     from spectune.quantize import quantize_int8
@@ -108,6 +95,8 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
         print(f"  {dtype} {p['id']:8} " + "  ".join(f"{r['decoder']} {r['new_tokens'] / r['seconds']:.1f}"
                                                    for r in rows[-6 if a.draft_run else -5:]), flush=True)
     batch = batch_rows(model, tok, prompts, outs, rows, a.max_new_tokens, eos, drafters["lookup"])
+    from spectune.quantize import weight_bytes
+
     return rows, {"weight_bytes": weight_bytes(model), **batch}
 
 

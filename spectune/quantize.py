@@ -60,3 +60,21 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
                 setattr(module, name, Int8Linear(child))
     model.config.spectune_quantized = "int8"
     return model.eval()
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights one decoding step reads: the linear layers (int8 ones with their scales) of
+    the decoder layers that run (a shallow model may hold more than its config runs)."""
+    runs = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    total = 0
+    for name, m in model.named_modules():
+        parts = name.split(".")
+        if runs is not None and "layers" in parts:
+            i = parts.index("layers")
+            if i + 1 < len(parts) and parts[i + 1].isdigit() and int(parts[i + 1]) >= runs:
+                continue
+        if isinstance(m, torch.nn.Linear):
+            total += m.weight.numel() * m.weight.element_size()
+        elif isinstance(m, Int8Linear):
+            total += m.weight_int8.numel() + m.scale.numel() * m.scale.element_size()
+    return total

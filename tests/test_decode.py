@@ -148,3 +148,25 @@ def test_greedy_with_a_repetition_penalty_matches_transformers(target):
     assert plain == hf
     for drafter in (Oracle(plain), LookupDrafter(), layers_drafter(target, 1)):
         assert run(target, drafter, n=30, sampling=s)[0] == plain
+
+
+def test_cost_aware_draft_length_weighs_acceptance_against_cost(target):
+    from spectune.decode.draft_length import CostAwareK
+    from spectune.decode.engine import Batch
+
+    good = CostAwareK(cost=0.1)
+    for _ in range(20):
+        good.update(4, 4)  # always accepted
+    assert good.next() >= 4
+    poor = CostAwareK(cost=0.1)
+    for _ in range(20):
+        poor.update(2, 0)
+    assert poor.next() == 0  # not worth drafting: pause
+    assert [poor.next() for _ in range(poor.pause + 1)][-1] == 1  # then probe with one token
+    costly = CostAwareK(cost=1.0)  # a draft token costs as much as a target pass
+    for _ in range(20):
+        costly.update(2, 1)
+    assert costly.next() == 0
+    # the cost is the draft's bytes read per token over the target's: 1 of 3 layers + the head
+    cost = Batch(target, drafter=layers_drafter(target, 1)).draft_cost
+    assert 0.3 < cost < 0.9

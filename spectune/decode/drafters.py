@@ -39,6 +39,8 @@ class LookupDrafter:
 class ModelDrafter:
     """A causal LM with the target's vocabulary, run autoregressively on its own KV cache."""
 
+    costly = True  # each drafted token is a forward pass: the engine weighs it against acceptance
+
     def __init__(self, model):
         self.model = model.eval()
         self.cache = None

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import ragged_cache
+from .draft_length import AdaptiveK, CostAwareK
 from .sampling import Sampling, distribution
 from .speculative import verify
 
@@ -71,35 +72,6 @@ class Metrics:
                 "per_position_acceptance": [round(a / d, 3) if d else None for a, d in self.per_position]}
 
 
-class AdaptiveK:
-    """Draft length that grows while drafts are accepted and shrinks when they are not; after
-    repeated misses at k=1 drafting pauses, so a poor drafter costs almost nothing."""
-
-    def __init__(self, k: int = 4, k_max: int = 12):
-        self.k, self.k_max, self.misses, self.pause, self.pause_len = k, k_max, 0, 0, 8
-
-    def next(self) -> int:
-        if self.pause:
-            self.pause -= 1
-            return 0
-        return self.k
-
-    def update(self, drafted: int, accepted: int) -> None:
-        if drafted == 0:
-            return
-        if accepted:
-            self.pause_len = 8
-        if accepted == drafted:
-            self.k, self.misses = min(self.k + 2, self.k_max), 0
-        elif accepted < drafted / 2:
-            self.k = max(1, self.k - 1)
-            self.misses = self.misses + 1 if accepted == 0 else 0
-            if self.k == 1 and self.misses >= 3:
-                # Pause, then probe again; each fruitless probe doubles the pause (up to 64 steps).
-                self.pause, self.misses = self.pause_len, 0
-                self.pause_len = min(2 * self.pause_len, 64)
-
-
 def forward_batch(model, input_ids: torch.Tensor, mask: torch.Tensor, cache, last_only: bool = False):
     """Logits (B, T, V) for input_ids (B, T) appended to `cache`; mask (B, S+T) says which cache
     columns each row attends to; each row's positions count only its own attended columns.
@@ -127,13 +99,15 @@ class Request:
     cancelled: bool = False  # set by a consumer that stops reading (a stop string, a closed connection)
     finish_reason: str | None = None  # "stop" (EOS), "length", "cancelled"
 
-    def _start(self, drafter, k: int, adaptive: bool) -> None:
+    def _start(self, drafter, k: int, adaptive: bool, cost: float | None = None) -> None:
         if not self.prompt:
             raise ValueError("a prompt needs at least one token")
         self.tokens = list(self.prompt)  # prompt + every emitted token (the drafters' and penalty's context)
         self.gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         self.drafter = drafter.fork() if hasattr(drafter, "fork") else drafter  # per-row draft state
-        self.plan = AdaptiveK(k) if adaptive else None
+        # Free drafters (look-up) grow and shrink k on acceptance alone; drafters that cost real time
+        # (models) weigh acceptance against their measured cost.
+        self.plan = None if not adaptive else CostAwareK(cost) if cost is not None else AdaptiveK(k)
         self.k = k
         # Greedy without a penalty needs only argmaxes: no (k+1, V) distributions on the hot path.
         self.fast = self.sampling.greedy and self.sampling.repetition_penalty == 1.0
@@ -175,6 +149,11 @@ class Batch:
 
     def __init__(self, model, *, drafter=None, k: int = 4, adaptive: bool = True, pad_id: int = 0):
         self.model, self.drafter, self.k, self.adaptive, self.pad_id = model, drafter, k, adaptive, pad_id
+        self.draft_cost = None  # a draft model's cost per token, relative to a target pass (by bytes read)
+        if getattr(drafter, "costly", False):
+            from ..quantize import weight_bytes
+
+            self.draft_cost = weight_bytes(drafter.model) / max(weight_bytes(model), 1)
         self.rows: list[Request] = []
         self.cache = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)  # (B, S): which cache columns each row sees
@@ -188,7 +167,7 @@ class Batch:
         from transformers import DynamicCache
 
         for r in requests:
-            r._start(self.drafter, self.k, self.adaptive)
+            r._start(self.drafter, self.k, self.adaptive, self.draft_cost)
         ids, mask = ragged_cache.left_pad([r.prompt for r in requests], self.pad_id)
         cache = DynamicCache(config=self.model.config)
         logits = forward_batch(self.model, ids, mask, cache, last_only=True)[:, -1]  # (b, V)
