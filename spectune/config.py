@@ -156,6 +156,8 @@ class TrainConfig:
     warmup_ratio: float = opt(0.06, help="fraction of the steps spent warming up", min=0.0, max=1.0)
     max_grad_norm: float = opt(1.0, help="clip gradients to this norm (0: off)", min=0.0)
     dropout: float | None = opt(None, help="override every dropout probability of the model", min=0.0, max=1.0)
+    distill_draft: bool = opt(False, help="with --task lm: then distil a speculative-decoding draft for the "
+                                          "fine-tuned model into OUT/draft (prompts from --train and --dev)")
     draft_layers: int = opt(2, help="with --task draft: layers of the draft (the target's first N)", min=1)
     draft_new_tokens: int = opt(64, help="with --task draft: tokens the target answers each prompt with",
                                 min=1, max=4096)
@@ -182,6 +184,8 @@ class TrainConfig:
             raise SpectuneError(f"missing required option(s): {', '.join(missing)}")
         if self.patience and not self.dev:
             raise SpectuneError("early stopping needs a dev file (--dev)", where="patience")
+        if self.distill_draft and self.task not in ("lm", None):
+            raise SpectuneError("a draft speeds up generation: use it with --task lm", where="distill_draft")
 
 
 @dataclass(kw_only=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from .config import GenerateConfig, build
 from .errors import SpectuneError
-from .loading import load_model, load_tokenizer
+from .loading import load_model, load_tokenizer, torch_dtype
 
 
 @dataclass
@@ -44,10 +44,21 @@ class Generator:
     def __init__(self, model: str = "smollm2-135m", dtype: str = "fp32", draft: str | None = None,
                  quantize: str = "none"):
         from .decode.drafters import make_drafter
+        from .run import is_run, load_generation_model
 
         self.model_spec = model
-        self.tokenizer = load_tokenizer(model)
-        self.model = load_model(model, dtype=dtype)
+        if is_run(model):  # a fine-tuned lm run of `spectune train` (a LoRA adapter is merged)
+            from pathlib import Path
+
+            from .loading import tokenizer_from_folder
+
+            self.tokenizer = tokenizer_from_folder(Path(model) / "model")
+            self.model = load_generation_model(model)
+            if dtype == "bf16":
+                self.model.to(torch_dtype("bf16"))
+        else:
+            self.tokenizer = load_tokenizer(model)
+            self.model = load_model(model, dtype=dtype)
         if quantize == "int8":
             from .quantize import quantize_int8
 

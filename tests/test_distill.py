@@ -88,3 +88,20 @@ def test_interrupted_distillation_resumes_to_the_same_draft(tmp_path, target_dir
     assert main(["distill", "--out", str(tmp_path / "cut"), "--resume", "--quiet"]) == 0
     a, b = load_file(tmp_path / "whole/model/model.safetensors"), load_file(tmp_path / "cut/model/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_lm_with_distill_draft_gives_a_matching_draft(tmp_path, tiny_llama_dir):
+    chat = tiny.write_chat(tmp_path)
+    assert main(["train", "--task", "lm", "--model", str(tiny_llama_dir), "--train", str(chat), "--out",
+                 str(tmp_path / "run"), "--peft", "lora", "--epochs", "2", "--batch-size", "4", "--lr", "1e-2",
+                 "--distill-draft", "--draft-layers", "1", "--draft-new-tokens", "12", "--quiet"]) == 0
+    draft = tmp_path / "run/draft"
+    assert read_run(draft)["task"] == "draft"
+    plain = Generator(str(tmp_path / "run")).generate("What is the capital of France?", max_new_tokens=12)
+    fast = Generator(str(tmp_path / "run"), draft=str(draft)).generate("What is the capital of France?",
+                                                                       max_new_tokens=12)
+    assert fast.text == plain.text and fast.speculative["target_passes"] >= 1
+    with pytest.raises(SpectuneError, match="distilled for"):  # the base model is not the fine-tuned target
+        Generator(str(tiny_llama_dir), draft=str(draft))
+    assert main(["train", "--task", "classify", "--model", "x", "--train", "y", "--out", str(tmp_path / "z"),
+                 "--distill-draft"]) == 2

@@ -55,27 +55,11 @@ class ServerState:
     def load(self) -> None:
         from ..generate import Generator
         from ..predict import Predictor
-        from ..run import RUN_FILE
         from .scheduler import Scheduler
 
         cfg = self.cfg
-        if cfg.model != "none":
-            if (Path(cfg.model) / RUN_FILE).is_file():  # a fine-tuned lm run (full or LoRA)
-                from ..decode.drafters import make_drafter
-
-                p = Predictor(cfg.model)
-                if p.kind != "lm":
-                    raise SpectuneError(f"is a {p.kind} run; serve it with --task-model NAME={cfg.model}",
-                                        where="model")
-                model = p.model.merge_and_unload() if hasattr(p.model, "merge_and_unload") else p.model
-                if cfg.quantize == "int8":
-                    from ..quantize import quantize_int8
-
-                    quantize_int8(model)
-                self.generator = Generator.from_loaded(model, p.task.tok, cfg.model,
-                                                       drafter=make_drafter(cfg.draft, model, cfg.model))
-            else:
-                self.generator = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft, quantize=cfg.quantize)
+        if cfg.model != "none":  # a model spec, or a fine-tuned lm run (full or LoRA)
+            self.generator = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft, quantize=cfg.quantize)
             self.scheduler = Scheduler(self.generator, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
                                        metrics=self.metrics)
         for name, path in self.tasks.items():
