@@ -6,5 +6,6 @@ drafters.py     who proposes: prompt look-up (n-grams), the target's first N lay
 engine.py       the loop, batched: prefill, draft, verify, cache rollback, stop conditions, metrics
 ragged_cache.py rows of different lengths (and acceptances) in one KV cache
 text.py         token ids -> streamed text, stop strings
+draft_length.py how many tokens to draft next (free drafters; cost-aware for draft models)
 beam.py         beam search
 """
