@@ -198,7 +198,7 @@ def cmd_merge(cfg: MergeConfig) -> int:
 def cmd_export(cfg: ExportConfig) -> int:
     from .export import export
 
-    print(f"exported to {export(cfg.model, cfg.out, cfg.merge_lora)}")
+    print(f"exported to {export(cfg.model, cfg.out, cfg.merge_lora, cfg.draft)}")
     return 0
 
 

@@ -269,6 +269,8 @@ class ExportConfig:
     model: str = opt(help="run folder of `spectune train`, or a model (alias, .gguf, folder)")
     out: str = opt(help="folder to write (must not exist)")
     merge_lora: bool = opt(False, help="fold a LoRA run's adapter into the base weights")
+    draft: str | None = opt(None, help="a draft run of `spectune distill` for this model, written to OUT/draft "
+                                       "(default: RUN/draft when the run has one)")
 
 
 @dataclass(kw_only=True)

@@ -31,32 +31,54 @@ def merge(run_dir: str, out: str) -> Path:
     return Path(out)
 
 
-def export(model: str, out: str, merge_lora: bool = False) -> Path:
-    """A run folder (any task) or a model spec (alias, .gguf, folder) -> a plain folder at `out`."""
+def export(model: str, out: str, merge_lora: bool = False, draft: str | None = None) -> Path:
+    """A run folder (any task) or a model spec (alias, .gguf, folder) -> a plain folder at `out`,
+    with its distilled draft (`draft`, or RUN/draft when the run made one) as a plain folder in
+    `out/draft`, ready to be a speculative model elsewhere."""
     dest = Path(out)
     if dest.exists():
         raise SpectuneError("already exists; choose a new folder (nothing is overwritten)", where=str(dest))
     run = Path(model)
+    if draft is None and (run / "draft" / RUN_FILE).is_file():
+        draft = str(run / "draft")
+    if draft is not None:
+        _check_draft(draft, model)
     if not (run / RUN_FILE).is_file():  # a model spec: its plain (converted) folder, copied
         from .models import resolve_model
 
-        source = resolve_model(model).path
-        write_atomic(dest, lambda tmp: _copy(source, tmp, {"from_model": model}))
+        source = Path(resolve_model(model).path)
+        write_atomic(dest, lambda tmp: _copy(source, tmp, {"from_model": model}, draft))
         return dest
     info = read_run(run)
     if info["peft"] == "lora":
         if not merge_lora:
             raise SpectuneError("is a LoRA run: pass --merge-lora to fold the adapter into plain weights (or serve "
                                 f"the adapter in {run / 'model'} with vLLM's --enable-lora)", where=str(run))
-        return merge(model, out)
+        merged = merge(model, out)
+        if draft is not None:
+            shutil.copytree(Path(draft) / "model", merged / "draft")
+        return merged
     if info["peft"] in PEFT_METHODS:
         raise SpectuneError(f"--peft {info['peft']} adds virtual tokens that a plain folder cannot hold; serve the "
                             "run folder with `spectune serve`", where=str(run))
     meta = {"from_run": str(run.resolve()), "task": info["task"], "labels": info.get("labels")}
-    write_atomic(dest, lambda tmp: _copy(run / "model", tmp, meta))
+    write_atomic(dest, lambda tmp: _copy(run / "model", tmp, meta, draft))
     return dest
 
 
-def _copy(source: Path, tmp: Path, meta: dict) -> None:
+def _check_draft(draft: str, target: str) -> None:
+    from .run import fingerprint
+
+    info = read_run(draft)
+    if info.get("task") != "draft":
+        raise SpectuneError("is not a draft run of `spectune distill`", where=str(draft))
+    if info.get("target_fingerprint") != fingerprint(target):
+        raise SpectuneError(f"this draft was distilled for other weights than {target!r}'s", where=str(draft))
+
+
+def _copy(source: Path, tmp: Path, meta: dict, draft: str | None = None) -> None:
     shutil.copytree(source, tmp, dirs_exist_ok=True)
+    if draft is not None:
+        shutil.copytree(Path(draft) / "model", tmp / "draft")
+        meta = {**meta, "draft": str(Path(draft).resolve())}
     (tmp / "spectune-export.json").write_text(json.dumps(meta, indent=1))

@@ -105,3 +105,11 @@ def test_train_lm_with_distill_draft_gives_a_matching_draft(tmp_path, tiny_llama
         Generator(str(tiny_llama_dir), draft=str(draft))
     assert main(["train", "--task", "classify", "--model", "x", "--train", "y", "--out", str(tmp_path / "z"),
                  "--distill-draft"]) == 2
+    # export: the merged model and its draft, both plain folders transformers loads alone
+    assert main(["export", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--merge-lora"]) == 0
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "x/draft").config.num_hidden_layers == 1
+    AutoModelForCausalLM.from_pretrained(tmp_path / "x")
+    assert main(["export", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "y"), "--draft",
+                 str(draft)]) == 2  # a draft for other weights
