@@ -131,18 +131,12 @@ class Generator:
             events = batch.add([request])
             while True:
                 for _, tokens in events:
-                    piece = text.feed(tokens)
+                    piece = text.follow(request, tokens)
                     if piece:
                         yield piece
-                if text.stopped:
-                    request.finish_reason = "stop"
+                if request.finish_reason is not None:
                     return
-                if not batch:
-                    break
                 events = batch.step()
-            tail = text.finish()
-            if tail:
-                yield tail
         finally:  # also when the caller stops reading early
             self.last = self._result(request, text.text)
 
@@ -190,13 +184,9 @@ class Generator:
                 texts[id(requests[i])], index[id(requests[i])] = TextStream(self.tokenizer, cfg.stop), i
             events = batch.add([requests[i] for i in room]) if room else batch.step()
             for r, tokens in events:
-                text = texts[id(r)]
-                text.feed(tokens)
-                if text.stopped:
-                    r.cancelled, r.finish_reason = True, "stop"
+                texts[id(r)].follow(r, tokens)
                 if r.finish_reason is not None:
-                    text.finish()
-                    yield index[id(r)], self._result(r, text.text)
+                    yield index[id(r)], self._result(r, texts[id(r)].text)
 
 
 def answer_file(gen: Generator, path: str, out: str | None = None, *, batch_size: int = 1,

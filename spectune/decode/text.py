@@ -34,6 +34,16 @@ class TextStream:
                 return self._release(len(self.text))
         return self._release(len(full) - self.hold)
 
+    def follow(self, request, tokens: list[int]) -> str:
+        """The text for an engine row's new tokens. A stop string ends the row (the engine drops a
+        cancelled row at its next step); the row's end releases whatever was held back."""
+        piece = self.feed(tokens)
+        if self.stopped:
+            request.cancelled, request.finish_reason = True, "stop"
+        if request.finish_reason is not None:
+            piece += self.finish()
+        return piece
+
     def finish(self) -> str:
         """Whatever was held back, once the row has ended."""
         if not self.stopped:

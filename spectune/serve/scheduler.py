@@ -119,15 +119,10 @@ class Scheduler:
                     continue
                 if job.first_token is None:
                     job.first_token = now
-                piece = job.text.feed(tokens)
-                if job.text.stopped:
-                    request.cancelled, request.finish_reason = True, "stop"
+                piece = job.text.follow(request, tokens)
                 if piece:
                     job.push("text", piece)
                 if request.finish_reason is not None:
-                    tail = job.text.finish()
-                    if tail:
-                        job.push("text", tail)
                     job.push("done")
                     del self.jobs[id(request)]
             for rid in [rid for rid, job in self.jobs.items() if job.request.cancelled]:
