@@ -22,16 +22,15 @@ def beam_search(model, prompt: list[int], *, beams: int = 4, max_new_tokens: int
     """(new tokens of the best hypothesis, its score)."""
     from transformers import DynamicCache
 
-    from .engine import _forward_params
+    from .engine import cache_kwargs
 
     eos = sorted(eos or ())
     keep = max(2, 1 + len(eos)) * beams
     top_beams = torch.arange(keep) < beams  # only these may finish: the rest are spares to run on
-    key = "cache" if "cache" in _forward_params(type(model)) else "past_key_values"
     cache = DynamicCache(config=model.config)
     # The prompt once per beam, as transformers prefills it (same shapes, same rounding).
     ids = torch.tensor([prompt] * beams)  # (beams, P)
-    logits = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{key: cache}).logits[:, -1]  # (beams, V)
+    logits = model(input_ids=ids, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache)).logits[:, -1]
     running = [[] for _ in range(beams)]
     scores = torch.full((beams,), NEG)  # running beams' summed log-probabilities
     scores[0] = 0.0  # all beams start equal: only the first may expand, or the top-k would repeat itself
@@ -70,6 +69,6 @@ def beam_search(model, prompt: list[int], *, beams: int = 4, max_new_tokens: int
             break
         cache.reorder_cache(order)
         step = torch.tensor([[seq[-1]] for seq in running])  # (beams, 1)
-        logits = model(input_ids=step, use_cache=True, **{key: cache}).logits[:, -1]
+        logits = model(input_ids=step, use_cache=True, **cache_kwargs(model, cache)).logits[:, -1]  # (beams, V)
     score, tokens = finished[0]
     return tokens, score

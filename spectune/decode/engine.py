@@ -32,8 +32,7 @@ def forward(model, ids: list[int], cache):
 
     if cache is None:
         cache = DynamicCache(config=model.config)
-    key = "cache" if "cache" in _forward_params(type(model)) else "past_key_values"
-    out = model(input_ids=torch.tensor([ids]), use_cache=True, **{key: cache})
+    out = model(input_ids=torch.tensor([ids]), use_cache=True, **cache_kwargs(model, cache))
     return out.logits[0], cache
 
 
@@ -41,10 +40,16 @@ GREEDY = Sampling()
 _PARAMS: dict[type, set[str]] = {}
 
 
-def _forward_params(cls: type) -> set[str]:
+def forward_params(model) -> set[str]:
+    cls = type(model)
     if cls not in _PARAMS:
         _PARAMS[cls] = set(inspect.signature(cls.forward).parameters)
     return _PARAMS[cls]
+
+
+def cache_kwargs(model, cache) -> dict:
+    """The cache argument under its name: transformers 5.x renames `past_key_values` to `cache`."""
+    return {"cache" if "cache" in forward_params(model) else "past_key_values": cache}
 
 
 @dataclass
@@ -78,9 +83,8 @@ def forward_batch(model, input_ids: torch.Tensor, mask: torch.Tensor, cache, las
     `last_only`: logits of the last position only, (B, 1, V): a prefill needs no more, and the
     output layer over every prompt position would be the largest product of the pass."""
     positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]  # (B, T)
-    params = _forward_params(type(model))
-    extra = {"cache" if "cache" in params else "past_key_values": cache}
-    if last_only and "logits_to_keep" in params:
+    extra = cache_kwargs(model, cache)
+    if last_only and "logits_to_keep" in forward_params(model):
         extra["logits_to_keep"] = 1
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
     return out.logits
@@ -105,8 +109,8 @@ class Request:
         self.tokens = list(self.prompt)  # prompt + every emitted token (the drafters' and penalty's context)
         self.gen = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         self.drafter = drafter.fork() if hasattr(drafter, "fork") else drafter  # per-row draft state
-        # Free drafters (look-up) grow and shrink k on acceptance alone; drafters that cost real time
-        # (models) weigh acceptance against their measured cost.
+        # Free drafters (look-up) grow and shrink k on acceptance alone; draft models weigh acceptance
+        # against their cost (weight bytes per token relative to the target's).
         self.plan = None if not adaptive else CostAwareK(cost) if cost is not None else AdaptiveK(k)
         self.k = k
         # Greedy without a penalty needs only argmaxes: no (k+1, V) distributions on the hot path.
