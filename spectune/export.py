@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .atomic import write_atomic
 from .errors import SpectuneError
-from .run import PEFT_METHODS, RUN_FILE, load_run, read_run
+from .run import PEFT_METHODS, RUN_FILE, check_draft, load_run, read_run
 
 
 def merge(run_dir: str, out: str) -> Path:
@@ -42,7 +42,7 @@ def export(model: str, out: str, merge_lora: bool = False, draft: str | None = N
     if draft is None and (run / "draft" / RUN_FILE).is_file():
         draft = str(run / "draft")
     if draft is not None:
-        _check_draft(draft, model)
+        check_draft(draft, model)
     if not (run / RUN_FILE).is_file():  # a model spec: its plain (converted) folder, copied
         from .models import resolve_model
 
@@ -64,16 +64,6 @@ def export(model: str, out: str, merge_lora: bool = False, draft: str | None = N
     meta = {"from_run": str(run.resolve()), "task": info["task"], "labels": info.get("labels")}
     write_atomic(dest, lambda tmp: _copy(run / "model", tmp, meta, draft))
     return dest
-
-
-def _check_draft(draft: str, target: str) -> None:
-    from .run import fingerprint
-
-    info = read_run(draft)
-    if info.get("task") != "draft":
-        raise SpectuneError("is not a draft run of `spectune distill`", where=str(draft))
-    if info.get("target_fingerprint") != fingerprint(target):
-        raise SpectuneError(f"this draft was distilled for other weights than {target!r}'s", where=str(draft))
 
 
 def _copy(source: Path, tmp: Path, meta: dict, draft: str | None = None) -> None:

@@ -86,6 +86,26 @@ def fingerprint(spec: str) -> str:
     return h.hexdigest()
 
 
+def set_dropout(config, p: float | None) -> None:
+    """Every dropout probability of a model config set to `p` (None: left as they are)."""
+    if p is not None:
+        for key, value in list(config.to_dict().items()):
+            if "dropout" in key and isinstance(value, float):
+                setattr(config, key, p)
+
+
+def check_draft(draft_run: str | Path, target_spec: str) -> dict:
+    """A draft run's info, refused unless `spectune distill` made it for `target_spec`'s weights."""
+    info = read_run(draft_run)
+    if info.get("task") != "draft":
+        raise SpectuneError("is not a draft run; distil one with `spectune distill`", where=str(draft_run))
+    if info.get("target_fingerprint") != fingerprint(target_spec):
+        raise SpectuneError(f"this draft was distilled for {info['base_model']!r}, whose weights differ from "
+                            f"{target_spec!r}'s; distil one for this target with `spectune distill`",
+                            where=str(draft_run))
+    return info
+
+
 def build_model(task, base: str, labels: list[str] | None, dropout: float | None = None):
     """The task's head on a resolved base model, loaded from safetensors."""
     import torch
@@ -104,10 +124,7 @@ def build_model(task, base: str, labels: list[str] | None, dropout: float | None
         config.label2id = {label: i for i, label in enumerate(labels)}
     if config.pad_token_id is None and task.tok.pad_token_id is not None:
         config.pad_token_id = task.tok.pad_token_id  # decoder classifiers find the last token by it
-    if dropout is not None:
-        for key, value in list(config.to_dict().items()):
-            if "dropout" in key and isinstance(value, float):
-                setattr(config, key, dropout)
+    set_dropout(config, dropout)
     return task.model_class().from_pretrained(ref.path, config=config, dtype=torch.float32, use_safetensors=True)
 
 

@@ -102,13 +102,10 @@ def layers_drafter(target, n: int) -> ModelDrafter:
 
 def trained_draft(run_dir: str, target, target_spec: str | None) -> ModelDrafter:
     """A draft distilled by `spectune distill`, refused unless it was distilled for this target."""
-    from ..run import fingerprint, load_run, read_run
+    from ..run import check_draft, load_run
 
-    info = read_run(run_dir)
-    if target_spec is not None and info.get("target_fingerprint") != fingerprint(target_spec):
-        raise SpectuneError(f"this draft was distilled for {info['base_model']!r}, whose weights differ from the "
-                            f"target {target_spec!r}'s; distil one for this target with `spectune distill`",
-                            where=str(run_dir))
+    if target_spec is not None:
+        check_draft(run_dir, target_spec)
     _, _, draft = load_run(run_dir)
     if getattr(target.config, "spectune_quantized", None) == "int8":
         from ..quantize import quantize_int8

@@ -92,6 +92,8 @@ class DraftDistill:
         largest matrices by far, and what lets the draft's tokens mean what the target's mean."""
         import copy
 
+        from ..run import set_dropout
+
         config = copy.deepcopy(self.target.config)
         n = getattr(config, "num_hidden_layers", None)
         if n is None or not 1 <= self.layers < n:
@@ -100,10 +102,7 @@ class DraftDistill:
         config.num_hidden_layers = self.layers
         if getattr(config, "layer_types", None):
             config.layer_types = config.layer_types[: self.layers]
-        if dropout is not None:
-            for key, value in list(config.to_dict().items()):
-                if "dropout" in key and isinstance(value, float):
-                    setattr(config, key, dropout)
+        set_dropout(config, dropout)
         draft = self.model_class().from_config(config, dtype=torch.float32)
         source = {k: v.float() for k, v in self.target.state_dict().items()}
         missing = draft.load_state_dict({k: v for k, v in source.items() if k in draft.state_dict()}, strict=False)
