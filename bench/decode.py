@@ -101,13 +101,14 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
 
 
 def batch_rows(model, tok, prompts, outs, rows, max_new_tokens, eos, lookup) -> dict:
-    """The first prompt of four kinds decoded as one batch of 4, plain and with look-up, against the
+    """The first prompt of (up to) four kinds decoded as one batch of 4, plain and with look-up, against the
     same prompts at batch 1 (from the rows above): throughput, and per-row equality."""
     from spectune.decode.engine import Request, decode_batch
     from spectune.generate import prompt_ids
 
     kinds = list(dict.fromkeys(p["kind"] for p in prompts))
-    chosen = [next(p for p in prompts if p["kind"] == k) for k in (kinds * 4)[:4]]
+    firsts = [next(p for p in prompts if p["kind"] == k) for k in kinds]
+    chosen = (firsts + [p for p in prompts if p not in firsts])[:4]  # 4 different prompts, kinds first
     result = {}
     for name, drafter in (("ours", None), ("ours+lookup", lookup)):
         solo = [r for r in rows if r["decoder"] == name and r["id"] in {p["id"] for p in chosen}]
@@ -155,6 +156,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8, help="N for the layers:N draft")
     ap.add_argument("--draft-run", help="also a draft distilled for --model (`spectune distill --out DIR`)")
     ap.add_argument("--kinds", help="only these kinds, comma-separated")
+    ap.add_argument("--prompts", help="another prompt set: JSONL of {\"messages\"} chats (a final assistant turn "
+                                      "is dropped), e.g. a draft's own domain; its kind is the file's name")
     ap.add_argument("--json", default="bench/decode.json")
     a = ap.parse_args()
 
@@ -162,6 +165,11 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 2)
     prompts_all = [json.loads(x) for x in Path(__file__).with_name("prompts.jsonl").read_text().splitlines()]
+    if a.prompts:
+        kind = Path(a.prompts).stem
+        chats = [json.loads(x)["messages"] for x in Path(a.prompts).read_text().splitlines() if x.strip()]
+        prompts_all = [{"kind": kind, "id": f"{kind}-{i}", "messages": m[:-1] if m[-1]["role"] == "assistant" else m}
+                       for i, m in enumerate(chats)]
     per_kind = defaultdict(int)
     prompts = []
     for p in prompts_all:
