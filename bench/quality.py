@@ -5,10 +5,13 @@ Chinese review sentiment (deduplicated, hash split). Each method trains on train
 dev, and is scored once on test, in its own process (peak memory is that process's maximum
 resident set). Baselines: a CRF with character n-gram window features (NER) and TF-IDF char
 1-3-grams + logistic regression (sentiment). Our recipes are `spectune train` YAML configs given
-with --recipe TASK=CONFIG (their train/dev/test paths are replaced by the prepared files).
+with --recipe TASK=CONFIG[+CONFIG...]: the configs of a chain run in order (pre-training, then
+fine-tuning), their train/dev/test paths replaced by the prepared files (a pre-training step gets
+no test file) and a `model` naming an earlier step's `out` (or its `out/model`) pointed at that
+step's run; minutes and training seconds are the whole chain's, peak memory its largest step's.
 
-Usage: python bench/quality.py [--tasks ner,sentiment] [--recipe ner=configs/pd1998-ner.yaml]
-       [--json bench/quality.json]
+Usage: python bench/quality.py [--tasks ner,sentiment]
+       [--recipe ner=configs/pd1998-mlm.yaml+configs/pd1998-ner.yaml] [--json bench/quality.json]
 """
 
 from __future__ import annotations
@@ -46,11 +49,21 @@ def worker(task: str, method: str, data: str, out: str) -> dict:
         from spectune.config import TrainConfig, build, load_yaml
         from spectune.train import train
 
-        values, _ = load_yaml(method)
-        info = train(build(TrainConfig, {**values, **files, "out": out, "quiet": True}))
-        test = json.loads((Path(out) / "test-report.json").read_text())
-        r = {"train_seconds": info["train_seconds"]}
-    return {"task": task, "method": "baseline" if method == "baseline" else Path(method).stem,
+        outs, seconds = {}, 0.0  # a step's configured out -> where it really ran
+        for i, step in enumerate(method.split("+")):
+            values, _ = load_yaml(step)
+            run = f"{out}-{i}"
+            model = str(values.get("model", "")).removesuffix("/model")
+            if model in outs:
+                values["model"] = str(Path(outs[model]) / "model")
+            outs[str(values.get("out", ""))] = run
+            paths = files if values.get("task") != "mlm" else {**files, "test": None}
+            info = train(build(TrainConfig, {**values, **paths, "out": run, "quiet": True}))
+            seconds += info["train_seconds"]
+        test = json.loads((Path(run) / "test-report.json").read_text())
+        r = {"train_seconds": round(seconds, 1)}
+    return {"task": task, "method": "baseline" if method == "baseline" else "+".join(Path(m).stem for m in
+                                                                                       method.split("+")),
             "minutes": round((time.perf_counter() - t0) / 60, 2), "train_seconds": r["train_seconds"],
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "test": test}
@@ -88,7 +101,7 @@ def main() -> None:
             prepare(DATA[task][0], data)
             for method in ["baseline", *recipes.get(task, [])]:
                 r = subprocess.run([sys.executable, __file__, "--worker", task, method, str(data),
-                                    str(Path(tmp) / f"run-{task}-{Path(method).stem}")],
+                                    str(Path(tmp) / f"run-{task}-{len(rows)}")],
                                    capture_output=True, text=True,
                                    env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
                 if r.returncode:

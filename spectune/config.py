@@ -129,12 +129,14 @@ class ChatConfig:
 class TrainConfig:
     """`spectune train`: fine-tune a model for a task; the run folder holds everything it made."""
 
-    task: Literal["ner", "classify", "lm", "draft"] | None = opt(None, help="ner (token classification), classify "
-                                                                      "(one label per text), lm (causal-LM "
-                                                                      "generation) or draft (see `distill`)")
-    model: str | None = opt(None, help="base model: alias, folder, .gguf file or hub id")
+    task: Literal["ner", "classify", "lm", "mlm", "draft"] | None = opt(
+        None, help="ner (token classification), classify (one label per text), lm (causal-LM generation), mlm "
+                   "(masked-LM pre-training of an encoder) or draft (see `distill`)")
+    model: str | None = opt(None, help="base model: alias, folder, .gguf file or hub id; with --task mlm also "
+                                       "scratch:bert-L<layers>-H<hidden>-A<heads> (a new encoder over the "
+                                       "characters of --train)")
     train: str | None = opt(None, help="training file (ner: CoNLL or JSONL; classify: CSV/TSV/JSONL; lm: JSONL "
-                                       "or .txt)")
+                                       "or .txt; mlm: .txt, or any of those, labels ignored)")
     dev: str | None = opt(None, help="validation file: early stopping and the best checkpoint use it")
     test: str | None = opt(None, help="test file, scored once at the end with the best checkpoint")
     out: str = opt(help="run folder (model, checkpoints, metrics.csv, curves.png, reports)")
@@ -174,6 +176,8 @@ class TrainConfig:
     text_column: str = opt("text", help="classify: column of the texts")
     label_column: str = opt("label", help="classify: column of the labels")
     class_weights: bool = opt(False, help="classify: weight the loss by inverse class frequency")
+    crf: bool = opt(False, help="ner: a linear-chain CRF output layer (tag transitions learnt, Viterbi decoding)")
+    crf_lr: float = opt(1e-2, help="with --crf: peak learning rate of the CRF's transition scores", min=0.0)
     max_train_examples: int = opt(0, help="use only the first N training examples (0: all)", min=0)
     max_eval_examples: int = opt(0, help="use only the first N dev and test examples (0: all)", min=0)
     quiet: bool = opt(False, help="no progress bar")
@@ -184,6 +188,18 @@ class TrainConfig:
             raise SpectuneError(f"missing required option(s): {', '.join(missing)}")
         if self.patience and not self.dev:
             raise SpectuneError("early stopping needs a dev file (--dev)", where="patience")
+        if self.model and self.model.startswith("scratch:"):
+            from .scratch import parse
+
+            parse(self.model)
+        if self.model and self.model.startswith("scratch:") and self.task not in ("mlm", None):
+            raise SpectuneError("a scratch model starts untrained: pre-train it with --task mlm, then fine-tune "
+                                "RUN/model", where="model")
+        if self.model and self.model.startswith("scratch:") and self.peft != "full":
+            raise SpectuneError("a scratch model has no pretrained weights to keep frozen: use --peft full",
+                                where="peft")
+        if self.crf and self.task not in ("ner", None):
+            raise SpectuneError("a CRF layer labels token sequences: use it with --task ner", where="crf")
         if self.distill_draft and self.task not in ("lm", None):
             raise SpectuneError("a draft speeds up generation: use it with --task lm", where="distill_draft")
 

@@ -62,6 +62,9 @@ def export(model: str, out: str, merge_lora: bool = False, draft: str | None = N
         raise SpectuneError(f"--peft {info['peft']} adds virtual tokens that a plain folder cannot hold; serve the "
                             "run folder with `spectune serve`", where=str(run))
     meta = {"from_run": str(run.resolve()), "task": info["task"], "labels": info.get("labels")}
+    if info.get("task_options", {}).get("crf"):  # transformers alone would decode per token, not the CRF's path
+        meta["crf"] = ("crf.safetensors: CRF transitions [from, to], start and end scores over `labels`; decode "
+                       "the token-classification logits of first sub-tokens with Viterbi to match spectune")
     write_atomic(dest, lambda tmp: _copy(run / "model", tmp, meta, draft))
     return dest
 

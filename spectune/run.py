@@ -146,6 +146,10 @@ def load_run(run_dir: str | Path):
         model = PeftModel.from_pretrained(base, str(model_dir))
     else:
         model = task.model_class().from_pretrained(str(model_dir), use_safetensors=True)
+    if opts.get("crf"):
+        from .crf import load
+
+        load(model, model_dir, len(info["labels"]))
     return info, task, model.eval()
 
 
@@ -153,7 +157,16 @@ def save_model(model, tokenizer, folder: Path) -> None:
     """The model (or adapter) and tokenizer into `folder`, atomically, in safetensors."""
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        crf = model._modules.pop("crf", None)  # an NER CRF goes in its own file, not in the HF weights
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            if crf is not None:
+                model.add_module("crf", crf)
+        if crf is not None:
+            from .crf import save
+
+            save(model, tmp)
         tokenizer.save_pretrained(tmp)
 
     write_atomic(folder, write)

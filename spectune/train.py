@@ -35,6 +35,7 @@ from .run import (
     read_run,
     save_model,
 )
+from .scratch import MAX_POSITIONS, char_tokenizer, is_scratch
 from .tuning import TuningOptions, apply_tuning, count_parameters
 
 LOWER_IS_BETTER = ("loss", "perplexity")
@@ -43,6 +44,10 @@ LOWER_IS_BETTER = ("loss", "perplexity")
 def task_options(cfg: TrainConfig) -> dict:
     if cfg.task == "classify":
         return {"text_column": cfg.text_column, "label_column": cfg.label_column, "class_weights": cfg.class_weights}
+    if cfg.task == "ner":
+        return {"crf": cfg.crf}
+    if cfg.task == "mlm":
+        return {"base": cfg.model, "text_column": cfg.text_column}
     if cfg.task == "draft":
         return {"target": cfg.model, "layers": cfg.draft_layers, "new_tokens": cfg.draft_new_tokens}
     return {}
@@ -50,9 +55,14 @@ def task_options(cfg: TrainConfig) -> dict:
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     # Weight decay on matrices only: biases and norm gains (1-D) are not shrunk towards zero.
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for n, p in named if not n.startswith("crf.")]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    crf = [p for n, p in named if n.startswith("crf.")]
+    if crf:  # a few hundred transition scores that start at zero: they get their own, larger rate
+        groups.append({"params": crf, "weight_decay": 0.0, "lr": cfg.crf_lr})
+    params = [p for _, p in named]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
     # The fused kernel updates in place; the default multi-tensor path allocates temporaries the
@@ -93,8 +103,15 @@ def train(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed)
 
     # Data first: a mistake in any file is reported before minutes of model loading.
-    tok = load_tokenizer(cfg.model) if not is_run(cfg.model) else tokenizer_from_folder(Path(cfg.model) / "model")
-    limit = max_positions(cfg.model)
+    if is_scratch(cfg.model):  # a new encoder: its vocabulary is the training file's characters
+        from .tasks.masked_lm import read_texts
+
+        tok = char_tokenizer(read_texts(cfg.train, cfg.text_column))
+    elif is_run(cfg.model):
+        tok = tokenizer_from_folder(Path(cfg.model) / "model")
+    else:
+        tok = load_tokenizer(cfg.model)
+    limit = MAX_POSITIONS if is_scratch(cfg.model) else max_positions(cfg.model)
     if limit and cfg.max_length > limit:
         say(f"note: --max-length {cfg.max_length} is beyond what {cfg.model} can take; using {limit}")
         cfg = dataclasses.replace(cfg, max_length=limit)
@@ -113,6 +130,8 @@ def train(cfg: TrainConfig) -> dict:
     tuning = TuningOptions(cfg.peft, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
                            cfg.prompt_tokens, cfg.freeze_top_k)
     model = apply_tuning(model, tuning, cfg.task)
+    if hasattr(task, "prepare_model"):  # layers the task adds on top (NER's CRF), trained whatever --peft says
+        model = task.prepare_model(model)
     trainable, total = count_parameters(model)
     say(f"{cfg.task} on {cfg.model} with {cfg.peft}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / total:.2f}%); {n_train} training examples, {len(train_feats)} after encoding")

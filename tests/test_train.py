@@ -52,10 +52,11 @@ def test_ner_run_folder_holds_everything(tmp_path, tiny_bert_dir, ner_data):
     assert "Token-level report" in text and "Entity-level report (seqeval" in text
 
 
-@pytest.mark.parametrize("task, peft, model_fixture", [("ner", "full", "tiny_bert_dir"),
-                                                      ("classify", "lora", "tiny_llama_dir")])
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, task, peft, model_fixture, ner_data, cls_data,
-                                                           monkeypatch, request):
+@pytest.mark.parametrize("task, peft, model_fixture, extra", [("ner", "full", "tiny_bert_dir", {}),
+                                                             ("ner", "full", "tiny_bert_dir", {"crf": True}),
+                                                             ("classify", "lora", "tiny_llama_dir", {})])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, task, peft, model_fixture, extra, ner_data,
+                                                           cls_data, monkeypatch, request):
     """BERT's dropout draws random numbers every step, so this also checks the RNG state is restored;
     the LoRA run checks that a checkpoint holding only the trainable weights resumes exactly."""
     from spectune.tasks.sequence_classification import SequenceClassification
@@ -63,7 +64,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, task, peft, 
 
     model_dir, data = request.getfixturevalue(model_fixture), ner_data if task == "ner" else cls_data
     task_class = TokenClassification if task == "ner" else SequenceClassification
-    common = dict(epochs=2, save_every=3, batch_size=8, peft=peft)
+    common = dict(epochs=2, save_every=3, batch_size=8, peft=peft, **extra)
     whole = tmp_path / "whole"
     train(config(whole, model_dir, task, data, **common))
 
@@ -85,9 +86,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, task, peft, 
     saved = load_file(crashed / "run/checkpoint-last/model.safetensors")
     assert peft == "full" or all("lora_" in k or "score" in k for k in saved)  # trainable weights only
     assert main(["train", "--out", str(crashed / "run"), "--resume", "--quiet"]) == 0  # options from the run
-    name = "model.safetensors" if peft == "full" else "adapter_model.safetensors"
-    a, b = load_file(whole / "run/model" / name), load_file(crashed / "run/model" / name)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    names = ["model.safetensors" if peft == "full" else "adapter_model.safetensors"] + ["crf.safetensors"] * bool(extra)
+    for name in names:
+        a, b = load_file(whole / "run/model" / name), load_file(crashed / "run/model" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_merged_lora_equals_the_unmerged_adapter(tmp_path, tiny_llama_dir, cls_data):

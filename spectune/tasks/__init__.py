@@ -1,5 +1,5 @@
-"""The task kinds: ner, classify, lm, and draft (distilling a speculative-decoding draft for a
-target). Each knows its data, its head, its encoding, its loss and its metrics.
+"""The task kinds: ner, classify, lm, mlm (masked-LM pre-training), and draft (distilling a
+speculative-decoding draft for a target). Each knows its data, its head, its encoding, its loss and its metrics.
 
 A task object is what the training loop, `eval` and `predict` talk to:
   read(path) -> examples; labels_from(examples); encode(examples) -> features;
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..errors import SpectuneError
 
-TASKS = ("ner", "classify", "lm", "draft")
+TASKS = ("ner", "classify", "lm", "mlm", "draft")
 
 
 def make_task(name: str, tokenizer, labels: list[str] | None = None, max_length: int = 256, **options):
@@ -20,6 +20,8 @@ def make_task(name: str, tokenizer, labels: list[str] | None = None, max_length:
         from .sequence_classification import SequenceClassification as cls
     elif name == "lm":
         from .causal_lm import CausalLM as cls
+    elif name == "mlm":
+        from .masked_lm import MaskedLM as cls
     elif name == "draft":
         from .draft_distill import DraftDistill as cls
     else:

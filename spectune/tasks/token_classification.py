@@ -4,6 +4,8 @@ A word split into several sub-tokens carries its label on the first sub-token; t
 -100 (ignored by the loss) and predictions are read back from first sub-tokens, one per word.
 A sentence longer than the model's window is cut into consecutive windows at word boundaries,
 so every word is labelled and predicted exactly once (never silently truncated).
+With `crf=True` the words' scores feed a linear-chain CRF (spectune/crf.py): the loss is the
+sequence's negative log-likelihood per word, and predictions are its Viterbi path.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ class TokenClassification:
     metric = "f1"  # entity-level F1 (seqeval), what papers quote
     metrics = ("f1", "precision", "recall", "loss")
 
-    def __init__(self, tokenizer, labels=None, max_length=256, **_):
-        self.tok, self.labels, self.max_length = tokenizer, labels, max_length
+    def __init__(self, tokenizer, labels=None, max_length=256, crf=False, **_):
+        self.tok, self.labels, self.max_length, self.crf = tokenizer, labels, max_length, crf
         self.scheme = None
         # The special tokens the tokenizer wraps any text in (BERT: [CLS] ... [SEP]; llama: none).
         with_sp = tokenizer("a", add_special_tokens=True).input_ids
@@ -49,6 +51,14 @@ class TokenClassification:
         from transformers import AutoModelForTokenClassification
 
         return AutoModelForTokenClassification
+
+    def prepare_model(self, model):
+        """The CRF layer on a freshly built (and tuned) model; its weights train with the encoder's."""
+        if self.crf:
+            from ..crf import attach
+
+            attach(model, len(self.labels))
+        return model
 
     def encode(self, sents: list[Sentence]) -> list[dict]:
         lid = {label: i for i, label in enumerate(self.labels)}
@@ -93,6 +103,16 @@ class TokenClassification:
     def loss(self, model, batch, logits=None) -> torch.Tensor:
         if logits is None:
             logits = logits_of(model, batch)  # (B, T, L)
+        if self.crf:
+            from ..crf import gather_words
+
+            labels = batch["labels"]
+            rows = [r for r in range(len(labels)) if (labels[r] != IGNORE).any()]
+            positions = [torch.nonzero(labels[r] != IGNORE).flatten().tolist() for r in rows]
+            em, mask = gather_words(logits[rows], positions)  # (B', W, L), (B', W)
+            tags, _ = gather_words(labels[rows].unsqueeze(-1), positions)
+            tags = tags.squeeze(-1).clamp(min=0)  # padded words: any valid tag, masked out
+            return _crf_of(model).nll(em, tags, mask) / mask.sum()
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
                                                  ignore_index=IGNORE)
 
@@ -107,6 +127,16 @@ class TokenClassification:
             logits = logits_of(model, b)  # (B, T, L)
             if losses is not None:
                 losses.append((float(self.loss(model, b, logits)), len(chunk)))
+            if self.crf:
+                from ..crf import gather_words
+
+                rows = [r for r, f in enumerate(chunk) if f["first"]]
+                paths = _crf_of(model).decode(*gather_words(logits[rows], [[p for p, _ in chunk[r]["first"]]
+                                                                           for r in rows]))
+                for r, path in zip(rows, paths, strict=True):
+                    for (_, w), tag in zip(chunk[r]["first"], path, strict=True):
+                        out[chunk[r]["sent"]][w] = self.labels[tag]
+                continue
             pred = logits.argmax(-1)  # (B, T)
             for row, f in enumerate(chunk):
                 for pos, w in f["first"]:
@@ -121,3 +151,11 @@ class TokenClassification:
         report = ner_report([s.tags for s in sents], pred)
         report["loss"] = sum(v * n for v, n in losses) / max(sum(n for _, n in losses), 1)
         return report
+
+
+def _crf_of(model):
+    """The CRF registered on the model, also through a DDP / FSDP wrapper (`.module`)."""
+    crf = getattr(model, "crf", None) or getattr(getattr(model, "module", None), "crf", None)
+    if crf is None:
+        raise RuntimeError("this NER task has crf=True but its model carries no CRF layer")
+    return crf

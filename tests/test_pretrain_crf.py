@@ -1,0 +1,110 @@
+"""Masked-LM pre-training of a scratch encoder, and the CRF output layer for NER.
+
+The CRF's likelihood and Viterbi path are checked against brute force over every tag sequence;
+pre-training must lower the masked-LM loss (it fails if training does nothing); a CRF run saves,
+reloads, and resumes exactly like any other run."""
+
+import itertools
+import json
+import math
+
+import pytest
+import tiny
+import torch
+from safetensors.torch import load_file
+
+from spectune.cli import main
+from spectune.config import TrainConfig, build
+from spectune.crf import CRF
+from spectune.errors import SpectuneError
+from spectune.run import load_run
+from spectune.train import train
+
+
+@pytest.fixture(scope="module")
+def ner_data(tmp_path_factory):
+    return tiny.write_ner(tmp_path_factory.mktemp("ner"))
+
+
+def random_crf(num_tags: int, seed: int = 0) -> CRF:
+    torch.manual_seed(seed)
+    crf = CRF(num_tags)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_()
+    return crf
+
+
+def test_crf_likelihood_and_viterbi_equal_brute_force():
+    L, lengths = 3, [4, 2, 1]
+    crf = random_crf(L)
+    em = torch.randn(len(lengths), max(lengths), L)  # (B, W, L)
+    mask = torch.tensor([[i < n for i in range(max(lengths))] for n in lengths])
+    paths = crf.decode(em, mask)
+    for b, n in enumerate(lengths):
+        scores = {}
+        for tags in itertools.product(range(L), repeat=n):
+            s = crf.start[tags[0]] + crf.end[tags[-1]] + sum(em[b, i, t] for i, t in enumerate(tags))
+            s = s + sum(crf.transitions[tags[i - 1], tags[i]] for i in range(1, n))
+            scores[tags] = float(s)
+        assert tuple(paths[b]) == max(scores, key=scores.get)
+        gold = list(next(iter(scores)))
+        tags = torch.tensor([gold + [0] * (max(lengths) - n)])
+        nll = float(crf.nll(em[b:b + 1], tags, mask[b:b + 1]))
+        log_z = torch.logsumexp(torch.tensor(list(scores.values())), 0)
+        assert nll == pytest.approx(float(log_z) - scores[tuple(gold)], abs=1e-4)
+
+
+def test_crf_run_saves_reloads_and_scores_the_same(tmp_path, tiny_bert_dir, ner_data):
+    cfg = build(TrainConfig, {"task": "ner", "crf": True, "model": str(tiny_bert_dir), "train": str(ner_data["train"]),
+                              "dev": str(ner_data["dev"]), "test": str(ner_data["test"]), "out": str(tmp_path / "run"),
+                              "epochs": 3, "batch_size": 8, "lr": 1e-2, "quiet": True})
+    info = train(cfg)
+    model_dir = tmp_path / "run/model"
+    assert not any(k.startswith("crf.") for k in load_file(model_dir / "model.safetensors"))  # HF weights stay HF
+    crf = load_file(model_dir / "crf.safetensors")
+    assert crf["transitions"].shape == (4, 4) and crf["transitions"].abs().sum() > 0  # it trained
+    _, task, model = load_run(tmp_path / "run")
+    assert torch.equal(model.crf.transitions, crf["transitions"])
+    assert main(["eval", "--model", str(tmp_path / "run"), "--data", str(ner_data["test"]), "--json",
+                 str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["entity"]["f1"] == info["test"]["entity_f1"]
+    # Viterbi never outputs an I- tag after O: the learnt transitions keep entities well formed.
+    sents = task.read(ner_data["test"], "test")
+    pred = task.predict(model, task.encode(sents), [len(s.tokens) for s in sents])
+    assert not any(a == "O" and b.startswith("I-") for tags in pred for a, b in itertools.pairwise(tags))
+
+
+def test_mlm_pretraining_from_scratch_then_crf_fine_tuning(tmp_path, ner_data):
+    pre = tmp_path / "pre"
+    info = train(build(TrainConfig, {"task": "mlm", "model": "scratch:bert-L2-H64-A2", "train": str(ner_data["train"]),
+                                     "dev": str(ner_data["dev"]), "out": str(pre), "epochs": 6, "batch_size": 8,
+                                     "max_length": 64, "lr": 3e-3, "quiet": True}))
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(pre / "model")
+    # An untrained model scores about ln(vocabulary) on masked tokens; training must get well below.
+    assert info["best"]["metric"] == "loss" and info["best"]["value"] < math.log(len(tok)) - 0.3
+    assert tok.convert_ids_to_tokens(tok("dog fox Q").input_ids) == ["[CLS]", "d", "o", "g", "f", "o", "x", "[UNK]",
+                                                                       "[SEP]"]
+    assert main(["train", "--task", "ner", "--crf", "--model", str(pre / "model"), "--train", str(ner_data["train"]),
+                 "--dev", str(ner_data["dev"]), "--out", str(tmp_path / "ner"), "--epochs", "1", "--lr", "1e-3",
+                 "--quiet"]) == 0
+    assert (tmp_path / "ner/model/crf.safetensors").is_file()
+
+
+@pytest.mark.parametrize("values, field", [({"task": "ner", "model": "scratch:bert"}, "model"),
+                                           ({"task": "mlm", "model": "scratch:bert", "peft": "lora"}, "peft"),
+                                           ({"task": "classify", "model": "x", "crf": True}, "crf")])
+def test_option_mistakes_are_named(values, field, tmp_path):
+    with pytest.raises(SpectuneError) as e:
+        build(TrainConfig, {"train": "t", "out": str(tmp_path), **values})
+    assert e.value.where == field
+
+
+def test_a_bad_scratch_spec_is_one_line(tmp_path, ner_data, capsys):
+    assert main(["train", "--task", "mlm", "--model", "scratch:gpt-L2", "--train", str(ner_data["train"]),
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "expected scratch:bert[-L<layers>]" in err and "Traceback" not in err
