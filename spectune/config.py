@@ -133,8 +133,8 @@ class TrainConfig:
         None, help="ner (token classification), classify (one label per text), lm (causal-LM generation), mlm "
                    "(masked-LM pre-training of an encoder) or draft (see `distill`)")
     model: str | None = opt(None, help="base model: alias, folder, .gguf file or hub id; with --task mlm also "
-                                       "scratch:bert-L<layers>-H<hidden>-A<heads> (a new encoder over the "
-                                       "characters of --train)")
+                                       "scratch:ARCH-L<layers>-H<hidden>-A<heads> (a new "
+                                       "bert, convbert or modernbert over the characters of --train)")
     train: str | None = opt(None, help="training file (ner: CoNLL or JSONL; classify: CSV/TSV/JSONL; lm: JSONL "
                                        "or .txt; mlm: .txt, or any of those, labels ignored)")
     dev: str | None = opt(None, help="validation file: early stopping and the best checkpoint use it")

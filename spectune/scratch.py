@@ -7,7 +7,10 @@ Each character is one token, which is what Chinese NER labels (one tag per chara
 what makes a small vocabulary enough. The tokenizer is a plain `tokenizers` pipeline wrapped as a
 transformers fast tokenizer, so the run's model folder reloads with `AutoTokenizer` like any other.
 
-Spec: `scratch:bert[-L<layers>][-H<hidden>][-A<heads>]`, defaults L4, H256, A4 (feed-forward 4H).
+Spec: `scratch:<arch>[-L<layers>][-H<hidden>][-A<heads>]`, defaults L4, H256, A4 (feed-forward 4H).
+Architectures: `bert` (post-norm, learnt positions), `convbert` (half the heads are span-based
+convolutions, kernel 9: a local n-gram bias, which is what character features give a CRF), and
+`modernbert` (pre-norm, rotary positions, local attention windows).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from collections import Counter
 from .errors import SpectuneError
 
 PREFIX = "scratch:"
-SPEC = re.compile(r"scratch:bert(?:-L(?P<layers>\d+))?(?:-H(?P<hidden>\d+))?(?:-A(?P<heads>\d+))?")
+ARCHS = ("bert", "convbert", "modernbert")
+SPEC = re.compile(r"scratch:(?P<arch>[a-z]+)(?:-L(?P<layers>\d+))?(?:-H(?P<hidden>\d+))?(?:-A(?P<heads>\d+))?")
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MIN_COUNT = 2
 MAX_POSITIONS = 512
@@ -30,14 +34,14 @@ def is_scratch(spec) -> bool:
 
 def parse(spec: str) -> dict:
     m = SPEC.fullmatch(spec.strip())
-    if not m:
-        raise SpectuneError(f"got {spec!r}, expected scratch:bert[-L<layers>][-H<hidden>][-A<heads>], "
-                            "e.g. scratch:bert-L4-H256-A4", where="model")
+    if not m or m["arch"] not in ARCHS:
+        raise SpectuneError(f"got {spec!r}, expected scratch:ARCH[-L<layers>][-H<hidden>][-A<heads>] with ARCH one "
+                            f"of {', '.join(ARCHS)}, e.g. scratch:bert-L4-H256-A4", where="model")
     size = {"layers": int(m["layers"] or 4), "hidden": int(m["hidden"] or 256), "heads": int(m["heads"] or 4)}
     if min(size.values()) < 1 or size["hidden"] % size["heads"]:
         raise SpectuneError(f"got {spec!r}: layers, hidden and heads must be positive and hidden a multiple of "
                             "heads", where="model")
-    return size
+    return {"arch": m["arch"], **size}
 
 
 def char_tokenizer(texts: list[str], min_count: int = MIN_COUNT):
@@ -60,12 +64,20 @@ def char_tokenizer(texts: list[str], min_count: int = MIN_COUNT):
 
 
 def encoder_config(spec: str, tokenizer, dropout: float | None = None):
-    """The BertConfig of a scratch spec for this tokenizer's vocabulary."""
-    from transformers import BertConfig
+    """The transformers config of a scratch spec for this tokenizer's vocabulary."""
+    import transformers
 
     size = parse(spec)
     p = 0.1 if dropout is None else dropout
-    return BertConfig(vocab_size=len(tokenizer), hidden_size=size["hidden"], num_hidden_layers=size["layers"],
-                      num_attention_heads=size["heads"], intermediate_size=4 * size["hidden"],
-                      max_position_embeddings=MAX_POSITIONS, pad_token_id=tokenizer.pad_token_id,
-                      hidden_dropout_prob=p, attention_probs_dropout_prob=p)
+    common = dict(vocab_size=len(tokenizer), hidden_size=size["hidden"], num_hidden_layers=size["layers"],
+                  num_attention_heads=size["heads"], intermediate_size=4 * size["hidden"],
+                  max_position_embeddings=MAX_POSITIONS, pad_token_id=tokenizer.pad_token_id)
+    if size["arch"] == "modernbert":
+        return transformers.ModernBertConfig(**common, cls_token_id=tokenizer.cls_token_id,
+                                             sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+                                             eos_token_id=tokenizer.sep_token_id, attention_dropout=p,
+                                             embedding_dropout=p, mlp_dropout=p)
+    if size["arch"] == "convbert":
+        return transformers.ConvBertConfig(**common, embedding_size=size["hidden"], hidden_dropout_prob=p,
+                                           attention_probs_dropout_prob=p)
+    return transformers.BertConfig(**common, hidden_dropout_prob=p, attention_probs_dropout_prob=p)

@@ -66,6 +66,27 @@ def test_prepare_train_eval_end_to_end(pd, tmp_path, tiny_bert_dir, capsys):
     assert "Entity-level report" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("corpus, steps", [("pd1998-ner", ("pd1998-mlm", "pd1998-ner")),
+                                           ("chn-sentiment", ("chn-mlm", "chn-sentiment"))])
+def test_recipe_configs_run_end_to_end(corpus, steps, pd, tmp_path):
+    """The committed recipes, shrunk by flags (flags win over the file): pre-train, fine-tune, test."""
+    from pathlib import Path
+
+    data = pd[0] if corpus == "pd1998-ner" else tmp_path / "data"
+    if corpus != "pd1998-ner":
+        prepare(corpus, data)
+    ext = "conll" if corpus == "pd1998-ner" else "csv"
+    configs = Path(__file__).parents[1] / "configs"
+    small = ["--max-train-examples", "200", "--max-eval-examples", "40", "--epochs", "1", "--max-length", "64",
+             "--quiet", "--train", str(data / f"train.{ext}"), "--dev", str(data / f"dev.{ext}")]
+    assert main(["train", "--config", str(configs / f"{steps[0]}.yaml"), "--model", "scratch:convbert-L1-H32-A2",
+                 "--out", str(tmp_path / "pre"), "--eval-every", "0", *small]) == 0
+    assert main(["train", "--config", str(configs / f"{steps[1]}.yaml"), "--model", str(tmp_path / "pre/model"),
+                 "--out", str(tmp_path / "fine"), "--test", str(data / f"test.{ext}"), *small]) == 0
+    report = json.loads((tmp_path / "fine/test-report.json").read_text())
+    assert report["task"] == ("ner" if ext == "conll" else "classify")
+
+
 def test_chatterbot_chat_alternates_turns_and_ends_on_an_answer(tmp_path):
     counts = prepare("chatterbot-chat", tmp_path)
     assert counts["train"]["chats"] > 500 and counts["dev"]["chats"] > 40

@@ -76,11 +76,12 @@ def test_crf_run_saves_reloads_and_scores_the_same(tmp_path, tiny_bert_dir, ner_
     assert not any(a == "O" and b.startswith("I-") for tags in pred for a, b in itertools.pairwise(tags))
 
 
-def test_mlm_pretraining_from_scratch_then_crf_fine_tuning(tmp_path, ner_data):
+@pytest.mark.parametrize("arch", ["bert", "convbert", "modernbert"])
+def test_mlm_pretraining_from_scratch_then_crf_fine_tuning(tmp_path, ner_data, arch):
     pre = tmp_path / "pre"
-    info = train(build(TrainConfig, {"task": "mlm", "model": "scratch:bert-L2-H64-A2", "train": str(ner_data["train"]),
-                                     "dev": str(ner_data["dev"]), "out": str(pre), "epochs": 6, "batch_size": 8,
-                                     "max_length": 64, "lr": 3e-3, "quiet": True}))
+    info = train(build(TrainConfig, {"task": "mlm", "model": f"scratch:{arch}-L2-H64-A2",
+                                     "train": str(ner_data["train"]), "dev": str(ner_data["dev"]), "out": str(pre),
+                                     "epochs": 6, "batch_size": 8, "max_length": 64, "lr": 3e-3, "quiet": True}))
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(pre / "model")
@@ -107,4 +108,4 @@ def test_a_bad_scratch_spec_is_one_line(tmp_path, ner_data, capsys):
     assert main(["train", "--task", "mlm", "--model", "scratch:gpt-L2", "--train", str(ner_data["train"]),
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "expected scratch:bert[-L<layers>]" in err and "Traceback" not in err
+    assert "expected scratch:ARCH[-L<layers>]" in err and "Traceback" not in err

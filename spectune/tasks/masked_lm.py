@@ -90,9 +90,7 @@ class MaskedLM:
         from ..scratch import encoder_config, is_scratch
 
         if is_scratch(self.base):
-            from transformers import BertForMaskedLM
-
-            return BertForMaskedLM(encoder_config(self.base, self.tok, dropout))
+            return self.model_class().from_config(encoder_config(self.base, self.tok, dropout))
         from transformers import AutoConfig
 
         from ..models import resolve_model
