@@ -93,6 +93,12 @@ def train(cfg: TrainConfig) -> dict:
 
     # cpu=True on a machine without an accelerator: only then does accelerate take torchrun's
     # environment (WORLD_SIZE, LOCAL_RANK) as a multi-process CPU run over gloo.
+    # accelerate keeps the first Accelerator's settings process-wide and refuses another precision; a
+    # second run in one process (a recipe chain, the Python API, tests) may want one. The process
+    # group (PartialState) is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=not torch.accelerator.is_available(), gradient_accumulation_steps=cfg.grad_accum,
                               mixed_precision="bf16" if cfg.bf16 else "no",
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
