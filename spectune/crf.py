@@ -33,14 +33,12 @@ class CRF(nn.Module):
         return (self._log_partition(emissions, mask) - self._score(emissions, tags, mask)).sum()
 
     def _score(self, em, tags, mask):
-        B, W, _ = em.shape
-        rows = torch.arange(B)
-        score = self.start[tags[:, 0]] + em[rows, 0, tags[:, 0]]  # (B,)
-        for i in range(1, W):
-            step = self.transitions[tags[:, i - 1], tags[:, i]] + em[rows, i, tags[:, i]]
-            score = score + step * mask[:, i].float()
-        last = tags[rows, mask.sum(1) - 1]
-        return score + self.end[last]
+        """(B,) score of the given paths: start + emissions + transitions + end, padded words masked out."""
+        m = mask.float()
+        emitted = (em.gather(2, tags.unsqueeze(-1)).squeeze(-1) * m).sum(1)
+        moved = (self.transitions[tags[:, :-1], tags[:, 1:]] * m[:, 1:]).sum(1)
+        last = tags.gather(1, (mask.sum(1) - 1).unsqueeze(1)).squeeze(1)
+        return self.start[tags[:, 0]] + emitted + moved + self.end[last]
 
     def _log_partition(self, em, mask):
         alpha = self.start + em[:, 0]  # (B, L): log-sum of the scores of all paths ending in each tag
@@ -72,13 +70,18 @@ class CRF(nn.Module):
         return out
 
 
-def gather_words(logits: torch.Tensor, positions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows' emissions at the given token positions: (B, W, L) right-padded, and the (B, W) mask."""
-    width = max(len(p) for p in positions)
-    idx = torch.tensor([p + [0] * (width - len(p)) for p in positions], dtype=torch.long)  # (B, W)
-    mask = torch.tensor([[True] * len(p) + [False] * (width - len(p)) for p in positions])
-    em = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # (B, W, L)
-    return em, mask
+def words(logits: torch.Tensor, labels: torch.Tensor):
+    """The labelled positions (first sub-tokens) of each row moved to the front, in order: emissions
+    (B', W, L), tags (B', W) and mask (B', W), over the rows B' that have any word. labels (B, T),
+    -100 where a token is not a word's first."""
+    is_word = labels != -100  # (B, T)
+    keep = is_word.any(1)
+    is_word, logits, labels = is_word[keep], logits[keep], labels[keep]
+    order = (~is_word).to(torch.int8).argsort(dim=1, stable=True)  # words first, in their order
+    width = int(is_word.sum(1).max()) if len(order) else 0
+    order = order[:, :width]
+    em = logits.gather(1, order.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    return em, labels.gather(1, order).clamp(min=0), is_word.gather(1, order)
 
 
 def attach(model, num_tags: int) -> CRF:
@@ -86,6 +89,10 @@ def attach(model, num_tags: int) -> CRF:
     resume see its parameters with the encoder's."""
     crf = CRF(num_tags)
     model.add_module("crf", crf)
+    # Kept out of the Hugging Face weights (`save` writes its own file), so `from_pretrained` sees no
+    # unknown keys; accelerate's checkpoints still hold it.
+    model._keys_to_ignore_on_save = {*(getattr(model, "_keys_to_ignore_on_save", None) or ()),
+                                     *(f"crf.{k}" for k in crf.state_dict())}
     return crf
 
 

@@ -157,13 +157,8 @@ def save_model(model, tokenizer, folder: Path) -> None:
     """The model (or adapter) and tokenizer into `folder`, atomically, in safetensors."""
 
     def write(tmp: Path) -> None:
-        crf = model._modules.pop("crf", None)  # an NER CRF goes in its own file, not in the HF weights
-        try:
-            model.save_pretrained(tmp, safe_serialization=True)
-        finally:
-            if crf is not None:
-                model.add_module("crf", crf)
-        if crf is not None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if hasattr(model, "crf"):  # an NER CRF has its own file (kept out of the HF weights)
             from .crf import save
 
             save(model, tmp)

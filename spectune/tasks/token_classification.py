@@ -104,14 +104,9 @@ class TokenClassification:
         if logits is None:
             logits = logits_of(model, batch)  # (B, T, L)
         if self.crf:
-            from ..crf import gather_words
+            from ..crf import words
 
-            labels = batch["labels"]
-            rows = [r for r in range(len(labels)) if (labels[r] != IGNORE).any()]
-            positions = [torch.nonzero(labels[r] != IGNORE).flatten().tolist() for r in rows]
-            em, mask = gather_words(logits[rows], positions)  # (B', W, L), (B', W)
-            tags, _ = gather_words(labels[rows].unsqueeze(-1), positions)
-            tags = tags.squeeze(-1).clamp(min=0)  # padded words: any valid tag, masked out
+            em, tags, mask = words(logits, batch["labels"])  # (B', W, L), (B', W), (B', W)
             return _crf_of(model).nll(em, tags, mask) / mask.sum()
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
                                                  ignore_index=IGNORE)
@@ -128,11 +123,11 @@ class TokenClassification:
             if losses is not None:
                 losses.append((float(self.loss(model, b, logits)), len(chunk)))
             if self.crf:
-                from ..crf import gather_words
+                from ..crf import words
 
+                em, _, mask = words(logits, b["labels"])  # the labelled positions are the `first` ones
                 rows = [r for r, f in enumerate(chunk) if f["first"]]
-                paths = _crf_of(model).decode(*gather_words(logits[rows], [[p for p, _ in chunk[r]["first"]]
-                                                                           for r in rows]))
+                paths = _crf_of(model).decode(em, mask)
                 for r, path in zip(rows, paths, strict=True):
                     for (_, w), tag in zip(chunk[r]["first"], path, strict=True):
                         out[chunk[r]["sent"]][w] = self.labels[tag]
