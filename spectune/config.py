@@ -188,16 +188,16 @@ class TrainConfig:
             raise SpectuneError(f"missing required option(s): {', '.join(missing)}")
         if self.patience and not self.dev:
             raise SpectuneError("early stopping needs a dev file (--dev)", where="patience")
-        if self.model and self.model.startswith("scratch:"):
-            from .scratch import parse
+        from .scratch import is_scratch, parse
 
+        if is_scratch(self.model):
             parse(self.model)
-        if self.model and self.model.startswith("scratch:") and self.task not in ("mlm", None):
-            raise SpectuneError("a scratch model starts untrained: pre-train it with --task mlm, then fine-tune "
-                                "RUN/model", where="model")
-        if self.model and self.model.startswith("scratch:") and self.peft != "full":
-            raise SpectuneError("a scratch model has no pretrained weights to keep frozen: use --peft full",
-                                where="peft")
+            if self.task not in ("mlm", None):
+                raise SpectuneError("a scratch model starts untrained: pre-train it with --task mlm, then fine-tune "
+                                    "RUN/model", where="model")
+            if self.peft != "full":
+                raise SpectuneError("a scratch model has no pretrained weights to keep frozen: use --peft full",
+                                    where="peft")
         if self.crf and self.task not in ("ner", None):
             raise SpectuneError("a CRF layer labels token sequences: use it with --task ner", where="crf")
         if self.distill_draft and self.task not in ("lm", None):

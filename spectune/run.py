@@ -38,7 +38,10 @@ def max_positions(base: str) -> int | None:
     from transformers import AutoConfig
 
     from .models import resolve_model
+    from .scratch import MAX_POSITIONS, is_scratch
 
+    if is_scratch(base):
+        return MAX_POSITIONS
     if is_run(base):
         return max_positions(read_run(base)["base_model"])
     config = AutoConfig.from_pretrained(resolve_model(base).path)
@@ -113,6 +116,10 @@ def build_model(task, base: str, labels: list[str] | None, dropout: float | None
 
     if hasattr(task, "build_model"):  # a task that makes its model from another (a draft from its target)
         return task.build_model(dropout)
+    from .scratch import encoder_config, is_scratch
+
+    if is_scratch(base):  # a new encoder at random over the task tokenizer's (character) vocabulary
+        return task.model_class().from_config(encoder_config(base, task.tok, dropout))
 
     from .models import resolve_model
 

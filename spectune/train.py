@@ -35,7 +35,7 @@ from .run import (
     read_run,
     save_model,
 )
-from .scratch import MAX_POSITIONS, char_tokenizer, is_scratch
+from .scratch import char_tokenizer, is_scratch
 from .tuning import TuningOptions, apply_tuning, count_parameters
 
 LOWER_IS_BETTER = ("loss", "perplexity")
@@ -47,7 +47,7 @@ def task_options(cfg: TrainConfig) -> dict:
     if cfg.task == "ner":
         return {"crf": cfg.crf}
     if cfg.task == "mlm":
-        return {"base": cfg.model, "text_column": cfg.text_column}
+        return {"text_column": cfg.text_column}
     if cfg.task == "draft":
         return {"target": cfg.model, "layers": cfg.draft_layers, "new_tokens": cfg.draft_new_tokens}
     return {}
@@ -56,13 +56,13 @@ def task_options(cfg: TrainConfig) -> dict:
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     # Weight decay on matrices only: biases and norm gains (1-D) are not shrunk towards zero.
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for n, p in named if not n.startswith("crf.")]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    params = [p for _, p in named]
     crf = [p for n, p in named if n.startswith("crf.")]
+    rest = [p for n, p in named if not n.startswith("crf.")]
+    groups = [{"params": [p for p in rest if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}]
     if crf:  # a few hundred transition scores that start at zero: they get their own, larger rate
         groups.append({"params": crf, "weight_decay": 0.0, "lr": cfg.crf_lr})
-    params = [p for _, p in named]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
     # The fused kernel updates in place; the default multi-tensor path allocates temporaries the
@@ -117,7 +117,7 @@ def train(cfg: TrainConfig) -> dict:
         tok = tokenizer_from_folder(Path(cfg.model) / "model")
     else:
         tok = load_tokenizer(cfg.model)
-    limit = MAX_POSITIONS if is_scratch(cfg.model) else max_positions(cfg.model)
+    limit = max_positions(cfg.model)
     if limit and cfg.max_length > limit:
         say(f"note: --max-length {cfg.max_length} is beyond what {cfg.model} can take; using {limit}")
         cfg = dataclasses.replace(cfg, max_length=limit)

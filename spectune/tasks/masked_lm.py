@@ -69,9 +69,9 @@ class MaskedLM:
     metric = "loss"
     metrics = ("loss", "perplexity", "accuracy")
 
-    def __init__(self, tokenizer, labels=None, max_length=128, text_column="text", base=None, **_):
+    def __init__(self, tokenizer, labels=None, max_length=128, text_column="text", **_):
         self.tok, self.max_length, self.labels = tokenizer, max_length, None
-        self.text_column, self.base = text_column, base
+        self.text_column = text_column
         if tokenizer.mask_token_id is None:
             raise SpectuneError("this tokenizer has no mask token; masked-LM pre-training needs an encoder "
                                 "(a BERT-like model) or a scratch:bert spec", where="model")
@@ -84,21 +84,6 @@ class MaskedLM:
         from transformers import AutoModelForMaskedLM
 
         return AutoModelForMaskedLM
-
-    def build_model(self, dropout=None):
-        from ..run import set_dropout
-        from ..scratch import encoder_config, is_scratch
-
-        if is_scratch(self.base):
-            return self.model_class().from_config(encoder_config(self.base, self.tok, dropout))
-        from transformers import AutoConfig
-
-        from ..models import resolve_model
-
-        ref = resolve_model(self.base)
-        config = AutoConfig.from_pretrained(ref.path)
-        set_dropout(config, dropout)
-        return self.model_class().from_pretrained(ref.path, config=config, dtype=torch.float32, use_safetensors=True)
 
     def encode(self, texts: list[str]) -> list[dict]:
         """Blocks of [CLS] text [SEP] text [SEP] ... of exactly max_length tokens (the last may be shorter)."""
