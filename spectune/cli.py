@@ -103,10 +103,11 @@ def cmd_models_prepare(cfg: PrepareConfig) -> int:
 def cmd_generate(cfg: GenerateConfig) -> int:
     from .generate import Generator
 
-    gen = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft, quantize=cfg.quantize)
+    gen = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft, quantize=cfg.quantize, compile=cfg.compile,
+                    batched=cfg.batch_size > 1 or cfg.num_beams > 1)
     options = {k: v for k, v in vars(cfg).items()
                if k not in ("model", "prompt", "prompts", "out", "dtype", "draft", "batch_size", "skip_bad",
-                            "quantize", "compare")}
+                            "quantize", "compare", "compile")}
     if cfg.prompts:
         from .generate import answer_file
 

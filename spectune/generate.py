@@ -42,7 +42,7 @@ class Generator:
     """A loaded model and tokenizer, ready to answer many prompts, one at a time or batched."""
 
     def __init__(self, model: str = "smollm2-135m", dtype: str = "fp32", draft: str | None = None,
-                 quantize: str = "none"):
+                 quantize: str = "none", compile: bool = False, batched: bool = False):
         from .decode.drafters import make_drafter
         from .run import is_run, load_generation_model
 
@@ -67,6 +67,11 @@ class Generator:
             raise SpectuneError(f"got {quantize!r}, expected none or int8", where="quantize")
         self.drafter = make_drafter(draft, self.model, model)  # after quantizing: layers:N shares the int8 layers
         self._setup()
+        if compile:  # after the drafter: a layers:N draft copies the decoder stack before it is compiled
+            from .decode.compiled import compile_model, warm_up
+
+            compile_model(self.model)
+            warm_up(self.model, batched=batched, speculative=self.drafter is not None)
 
     @classmethod
     def from_loaded(cls, model, tokenizer, name: str = "loaded", drafter=None) -> Generator:

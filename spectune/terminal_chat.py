@@ -13,7 +13,7 @@ HELP = "type a message; /reset forgets the conversation, /exit (or Ctrl-D) leave
 
 def chat(cfg: ChatConfig, stdin=None, stdout=None) -> int:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    gen = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft, quantize=cfg.quantize)
+    gen = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft, quantize=cfg.quantize, compile=cfg.compile)
     options = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_k": cfg.top_k,
                "top_p": cfg.top_p, "repetition_penalty": cfg.repetition_penalty, "seed": cfg.seed}
     gen.settings(**options)  # bad settings are refused before the first message

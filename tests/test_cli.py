@@ -92,3 +92,13 @@ def test_generate_compare_prints_plain_and_speculative(tiny_llama_dir, capsys):
     assert "[plain: " in err and "speculative (lookup)" in err and "same text: yes" in err
     assert main(["generate", "--prompt", "hi", "--compare"]) == 2
     assert "give --draft and --prompt" in capsys.readouterr().err
+
+
+def test_generate_compiled_compares_the_same_text(tiny_llama_dir, capsys):
+    plain = main(["generate", "--model", str(tiny_llama_dir), "--prompt", "hello hello hello", "--max-new-tokens",
+                  "12"]), capsys.readouterr().out
+    assert main(["generate", "--model", str(tiny_llama_dir), "--prompt", "hello hello hello", "--draft", "lookup",
+                 "--compare", "--max-new-tokens", "12", "--compile"]) == 0
+    out, err = capsys.readouterr()
+    assert "compiled in" in err and "same text: yes" in err
+    assert plain == (0, out)  # the compiled model's text is the eager one's (fp32, greedy)

@@ -93,6 +93,9 @@ def layers_drafter(target, n: int) -> ModelDrafter:
     shallow._modules = dict(target._modules)
     inner = copy.copy(target.model)
     inner._modules = dict(target.model._modules)
+    # A compiled target (--compile) keeps its compiled forward on this module: bound to the full-depth
+    # original, so the copy drops it and runs its n layers eagerly.
+    inner.__dict__.pop("forward", None)
     inner.config = copy.copy(target.model.config)
     inner.config.num_hidden_layers = n  # the decoder loop runs layers[:num_hidden_layers]
     shallow._modules["model"] = inner

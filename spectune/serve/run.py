@@ -59,7 +59,8 @@ class ServerState:
 
         cfg = self.cfg
         if cfg.model != "none":  # a model spec, or a fine-tuned lm run (full or LoRA)
-            self.generator = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft, quantize=cfg.quantize)
+            self.generator = Generator(cfg.model, dtype=cfg.dtype, draft=cfg.draft, quantize=cfg.quantize,
+                                       compile=cfg.compile, batched=cfg.max_batch > 1)
             self.scheduler = Scheduler(self.generator, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
                                        metrics=self.metrics)
         for name, path in self.tasks.items():
