@@ -5,11 +5,12 @@ Prompt set: bench/prompts.jsonl (bench/make_prompts.py), 8 prompts in each of se
 code editing (grounded in their input). Per dtype (fp32, bf16, and int8 = our --quantize int8)
 and prompt, rows: transformers `generate` (the reference), transformers with prompt look-up
 (`prompt_lookup_num_tokens=10`), our engine plain, with prompt look-up, and with the target's
-first N layers as draft. Reported per kind: tokens/s, ratios, tau (tokens per target pass),
+first N layers as draft; with --compile also our engine on a compiled copy of the model
+(`--compile`), plain and with look-up. Reported per kind: tokens/s, ratios, tau (tokens per target pass),
 acceptance, and whether every output equals the reference token for token. Then batch 4 against
 batch 1, and each plain decoder as a fraction of the weight-read bound (bytes of weights per token
 over the memory bandwidth measured in the same run).
-Usage: python bench/decode.py [--per-kind 8] [--dtypes fp32,bf16,int8] [--max-new-tokens 64]
+Usage: python bench/decode.py [--per-kind 8] [--dtypes fp32,bf16,int8] [--max-new-tokens 64] [--compile]
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
                                                                                             model)}
     if a.draft_run:  # a draft distilled for this target (`spectune distill`)
         drafters["distilled"] = make_drafter(a.draft_run, model, a.model)
+    extra = {}
+    fast = None
+    if a.compile:  # a second copy, compiled, so the transformers and eager rows stay eager
+        from spectune.decode.compiled import compile_model, warm_up
+
+        fast = compile_model(load(a.model, dtype))
+        extra["compile_seconds"] = round(warm_up(fast, batched=True, quiet=True), 1)
+        print(f"  {dtype}: compiled in {extra['compile_seconds']} s", flush=True)
     for p in prompts:
         ids = prompt_ids(tok, p["messages"])
 
@@ -68,39 +77,55 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
                                  **extra)
             return out[0, ids.shape[1]:].tolist(), time.perf_counter() - t0, None
 
-        def ours(draft, ids=ids):
+        def ours(draft, ids=ids, target=model):
             m = Metrics()
             t0 = time.perf_counter()
-            out = [t for chunk in decode(model, ids[0].tolist(), max_new_tokens=a.max_new_tokens, eos=eos,
+            out = [t for chunk in decode(target, ids[0].tolist(), max_new_tokens=a.max_new_tokens, eos=eos,
                                          drafter=drafters.get(draft), metrics=m) for t in chunk]
             return out, time.perf_counter() - t0, m
 
         if not rows:
             hf()  # warm-up: first calls pay for allocation and kernel selection
             ours(None)
+            if fast is not None:
+                ours(None, target=fast)
         decoders = [("transformers", hf), ("transformers+lookup", lambda: hf(prompt_lookup_num_tokens=10)),
                     ("ours", lambda: ours(None)), ("ours+lookup", lambda: ours("lookup")),
                     (f"ours+layers:{a.layers}", lambda: ours(f"layers:{a.layers}"))]
         if a.draft_run:
             decoders.append(("ours+distilled", lambda: ours("distilled")))
+        if fast is not None:
+            decoders += [("ours compiled", lambda: ours(None, target=fast)),
+                         ("ours compiled+lookup", lambda: ours("lookup", target=fast))]
         for name, fn in decoders:
             with torch.no_grad():
                 out, seconds, m = fn()
             outs[p["id"], name] = out
-            ref = outs[p["id"], "ours" if name.startswith("ours+") else "transformers"]
+            ref = outs[p["id"], reference(name)]
             rows.append({"dtype": dtype, "kind": p["kind"], "id": p["id"], "decoder": name, "new_tokens": len(out),
                          "seconds": round(seconds, 4), "exact": out == ref,
                          "passes": m.target_passes if m else None, "drafted": m.drafted if m else 0,
                          "accepted": m.accepted if m else 0})
         print(f"  {dtype} {p['id']:8} " + "  ".join(f"{r['decoder']} {r['new_tokens'] / r['seconds']:.1f}"
-                                                   for r in rows[-6 if a.draft_run else -5:]), flush=True)
+                                                   for r in rows[-len(decoders):]), flush=True)
     batch = batch_rows(model, tok, prompts, outs, rows, a.max_new_tokens, eos, drafters["lookup"])
+    if fast is not None:
+        batch.update(batch_rows(fast, tok, prompts, outs, rows, a.max_new_tokens, eos, drafters["lookup"],
+                                "ours compiled"))
     from spectune.quantize import weight_bytes
 
-    return rows, {"weight_bytes": weight_bytes(model), **batch}
+    return rows, {"weight_bytes": weight_bytes(model), **extra, **batch}
 
 
-def batch_rows(model, tok, prompts, outs, rows, max_new_tokens, eos, lookup) -> dict:
+def reference(decoder: str) -> str:
+    """What a decoder's text is checked against: a drafter's against its own plain decoding, our eager
+    plain against transformers, our compiled plain against our eager plain."""
+    if "+" in decoder:
+        return decoder.split("+")[0]
+    return {"ours": "transformers", "ours compiled": "ours"}.get(decoder, decoder)
+
+
+def batch_rows(model, tok, prompts, outs, rows, max_new_tokens, eos, lookup, plain="ours") -> dict:
     """The first prompt of (up to) four kinds decoded as one batch of 4, plain and with look-up, against the
     same prompts at batch 1 (from the rows above): throughput, and per-row equality."""
     from spectune.decode.engine import Request, decode_batch
@@ -110,7 +135,7 @@ def batch_rows(model, tok, prompts, outs, rows, max_new_tokens, eos, lookup) -> 
     firsts = [next(p for p in prompts if p["kind"] == k) for k in kinds]
     chosen = (firsts + [p for p in prompts if p not in firsts])[:4]  # 4 different prompts, kinds first
     result = {}
-    for name, drafter in (("ours", None), ("ours+lookup", lookup)):
+    for name, drafter in ((plain, None), (f"{plain}+lookup", lookup)):
         solo = [r for r in rows if r["decoder"] == name and r["id"] in {p["id"] for p in chosen}]
         requests = [Request(prompt_ids(tok, p["messages"])[0].tolist(), max_new_tokens=max_new_tokens, eos=eos)
                     for p in chosen]
@@ -147,6 +172,30 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def kind_tables(summary: list[dict], kinds: list[str]) -> str:
+    """README's tables: per dtype, a row per kind and a column per decoder. A cell: tokens/s (ratio
+    against transformers at that dtype for plain decoders, against the same setting's plain decoding
+    for drafters; tau / acceptance) and = / ≠ for the same tokens as the reference()."""
+    out = []
+    for dtype in dict.fromkeys(s["dtype"] for s in summary):
+        cells = {(s["kind"], s["decoder"]): s for s in summary if s["dtype"] == dtype}
+        decoders = list(dict.fromkeys(d for _, d in cells))
+        out += [f"**{dtype}**", "", "| kind | " + " | ".join(decoders) + " |", "|---|" + "---|" * len(decoders)]
+        ratios = defaultdict(list)
+        for kind in kinds:
+            row = []
+            for d in decoders:
+                s = cells[kind, d]
+                ratio = s["vs_ours_plain"] if "+" in d and d.startswith("ours") else s["vs_transformers"]
+                ratios[d].append(ratio)
+                spec = f", tau {s['tau']:.2f} / {s['acceptance']:.0%}" if s["acceptance"] is not None else ""
+                row.append(f"{s['tokens_per_s']:.1f} ({ratio:.2f}x{spec}) {'=' if s['exact'] else '≠'}")
+            out.append(f"| {kind} | " + " | ".join(row) + " |")
+        out += ["| mean ratio | " + " | ".join(f"mean {sum(ratios[d]) / len(ratios[d]):.2f}x" for d in decoders)
+                + " |", ""]
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -158,6 +207,7 @@ def main() -> None:
     ap.add_argument("--kinds", help="only these kinds, comma-separated")
     ap.add_argument("--prompts", help="another prompt set: JSONL of {\"messages\"} chats (a final assistant turn "
                                       "is dropped), e.g. a draft's own domain; its kind is the file's name")
+    ap.add_argument("--compile", action="store_true", help="also our engine on a compiled copy of the model")
     ap.add_argument("--json", default="bench/decode.json")
     a = ap.parse_args()
 
@@ -194,7 +244,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for s in summary:
         ref = find[s["dtype"], s["kind"], "transformers"]["tokens_per_s"]
-        plain = find[s["dtype"], s["kind"], "ours"]["tokens_per_s"]
+        plain = find[s["dtype"], s["kind"], reference(s["decoder"]) if "+" in s["decoder"] else "ours"]["tokens_per_s"]
         base = hf_fp32[s["kind"]]["tokens_per_s"] if hf_fp32[s["kind"]] else float("nan")
         s.update(vs_transformers=s["tokens_per_s"] / ref, vs_transformers_fp32=s["tokens_per_s"] / base,
                  vs_ours_plain=s["tokens_per_s"] / plain)
@@ -203,10 +253,11 @@ def main() -> None:
               f"{s['vs_transformers_fp32']:.2f}x | {s['vs_ours_plain']:.2f}x | "
               f"{num(s['tau'])} | {num(s['acceptance'])} | "
               f"{'yes' if s['exact'] else 'NO'} |")
+    print("\n" + kind_tables(summary, kinds))
     print("\n| dtype | setting | tokens/s | batch 1 tokens/s | ratio | same text as batch 1 |")
     print("|---|---|---|---|---|---|")
     for dtype, e in extra.items():
-        for name in ("batch4 ours", "batch4 ours+lookup"):
+        for name in [n for n in e if n.startswith("batch4 ")]:
             b = e[name]
             print(f"| {dtype} | {name} | {b['tokens_per_s']:.1f} | {b['batch1_tokens_per_s']:.1f} | "
                   f"{b['tokens_per_s'] / b['batch1_tokens_per_s']:.2f}x | {'yes' if b['exact'] else 'NO'} |")
@@ -214,8 +265,10 @@ def main() -> None:
           "fraction of bound |\n|---|---|---|---|---|---|")
     for dtype, e in extra.items():
         bound = gbs * 1e9 / e["weight_bytes"]
-        for decoder in ("transformers", "ours"):
+        for decoder in ("transformers", "ours", "ours compiled"):
             rs = [r for r in rows if r["dtype"] == dtype and r["decoder"] == decoder]
+            if not rs:
+                continue
             rate = sum(r["new_tokens"] for r in rs) / sum(r["seconds"] for r in rs)
             e[f"{decoder}_fraction_of_bound"] = rate / bound
             print(f"| {dtype} | {decoder} | {e['weight_bytes'] / 1e6:.0f} MB | {bound:.1f} | {rate:.1f} | "
