@@ -7,14 +7,14 @@ separate dispatch of microseconds on a vector of 576 numbers. Measured here on S
 Inductor fuses the small operations into a few generated C++ loops: 44 -> 36 ms (fp32) and
 34 -> 22 ms (int8) per step.
 
-What is compiled: the decoder stack (`model.model`, embeddings to final norm), with
-`dynamic=True`, so one graph serves every batch size, prompt length, cache length and number of
-drafts fed (a graph per shape would recompile at every new length). Shape-dependent Python
-branches (the int8 layers switch kernels at 32 rows: prefill vs decoding) give a second graph,
-not one per length. The output layer runs eagerly: one large product that needs no fusing, and the
-prefill asks it for the last position only.
+What is compiled: the decoding steps of the decoder stack (`model.model`, embeddings to final
+norm), with `dynamic=True`, so a graph serves every cache length, batch size and number of drafts
+fed (a graph per shape would recompile at every step). Dynamo still treats a size of 1 apart: a
+step of one token and one of several, at batch 1 and at several rows, are four graphs; warm_up
+compiles the ones a caller will use. Prefills run eagerly (see compile_model). The output layer
+runs eagerly too: one large product with nothing to fuse.
 
-Cost: compiling takes minutes on 2 cores the first time (Inductor keeps its kernels in an on-disk
+Cost: compiling takes 1-4 minutes on 2 cores the first time (Inductor keeps its kernels in an on-disk
 cache, so later processes take about a minute), paid once per process. `warm_up` pays it before
 the first request: a server or a long --prompts file earns it back, a single short prompt does not.
 
@@ -32,11 +32,13 @@ import torch
 
 
 def decoder_stack(model) -> torch.nn.Module:
+    """The base model under the LM head (`model.model` for Llama-family models, `transformer` for GPT-2)."""
     inner = getattr(model, getattr(model, "base_model_prefix", "model"), None)
-    if not isinstance(inner, torch.nn.Module) or not hasattr(inner, "layers"):
+    if not isinstance(inner, torch.nn.Module):
         from ..errors import SpectuneError
 
-        raise SpectuneError(f"{type(model).__name__}: --compile needs a decoder with model.layers", where="compile")
+        raise SpectuneError(f"{type(model).__name__}: --compile needs a causal LM with a base model under its "
+                            "head", where="compile")
     return inner
 
 
