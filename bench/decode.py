@@ -276,9 +276,11 @@ def main() -> None:
     try:
         import llama_cpp  # noqa: F401
 
-        print("\nllama-cpp-python is installed, but its reference row is not wired into this bench yet.")
+        print("\nllama.cpp reference: llama-cpp-python is installed; python bench/llamacpp.py measures it against "
+              "transformers and our fastest settings in one run.")
     except ImportError:
-        print("\nllama.cpp reference row: llama-cpp-python is not installed in this environment (not measured).")
+        print("\nllama.cpp reference: llama-cpp-python is not installed in this environment (not measured; "
+              "bench/llamacpp.py says how).")
     Path(a.json).write_text(json.dumps({"model": a.model, "max_new_tokens": a.max_new_tokens, "per_kind": a.per_kind,
                                         "bandwidth_gbs": gbs, "summary": summary, "extra": extra, "rows": rows,
                                         "date": time.strftime("%Y-%m-%d")}, indent=1))
