@@ -76,7 +76,7 @@ class GenerateConfig:
     quantize: Literal["none", "int8"] = opt("none", help="int8: weight-only int8 linear layers (bf16 around them), "
                                                         "a quarter of the bytes read per token")
     compile: bool = opt(False, help="torch.compile the decoder stack: faster decoding steps (measured here: "
-                                    "fp32 1.2x, int8 1.4x) after 1-4 minutes of compiling at start")
+                                    "fp32 1.2x, int8 1.3x) after 1-5 minutes of compiling at start")
     draft: str | None = opt(None, help="speculative decoding drafter: lookup (prompt n-grams), layers:N (the "
                                        "target's first N layers), or a model with the same tokenizer")
     num_beams: int = opt(1, help="beam search with this many beams (1: greedy or sampling); deterministic, "
@@ -118,7 +118,7 @@ class ChatConfig:
     quantize: Literal["none", "int8"] = opt("none", help="int8: weight-only int8 linear layers (bf16 around them), "
                                                         "a quarter of the bytes read per token")
     compile: bool = opt(False, help="torch.compile the decoder stack: faster decoding steps (measured here: "
-                                    "fp32 1.2x, int8 1.4x) after 1-4 minutes of compiling at start")
+                                    "fp32 1.2x, int8 1.3x) after 1-5 minutes of compiling at start")
     system: str | None = opt(None, help="system message (default: the chat template's own)")
     max_new_tokens: int = opt(256, help="longest answer, in tokens", min=1, max=1_000_000)
     temperature: float = opt(0.0, help="0 decodes greedily; above 0 samples", min=0.0, max=100.0)
@@ -318,7 +318,7 @@ class ServeConfig:
     quantize: Literal["none", "int8"] = opt("none", help="int8: weight-only int8 linear layers (bf16 around them), "
                                                         "a quarter of the bytes read per token")
     compile: bool = opt(False, help="torch.compile the decoder stack: faster decoding steps (measured here: "
-                                    "fp32 1.2x, int8 1.4x) after 1-4 minutes of compiling at start")
+                                    "fp32 1.2x, int8 1.3x) after 1-5 minutes of compiling at start")
     task_model: list[str] | None = opt(None, help="NAME=RUN_DIR: a classify or ner run served on /v1/classify "
                                                   "or /v1/ner under NAME (repeatable)")
     host: str = opt("127.0.0.1", help="address to bind; the default takes connections from this machine only")

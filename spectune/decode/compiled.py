@@ -14,7 +14,7 @@ step of one token and one of several, at batch 1 and at several rows, are four g
 compiles the ones a caller will use. Prefills run eagerly (see compile_model). The output layer
 runs eagerly too: one large product with nothing to fuse.
 
-Cost: compiling takes 1-4 minutes on 2 cores the first time (Inductor keeps its kernels in an on-disk
+Cost: compiling takes 1-5 minutes on 2 cores the first time (Inductor keeps its kernels in an on-disk
 cache, so later processes take about a minute), paid once per process. `warm_up` pays it before
 the first request: a server or a long --prompts file earns it back, a single short prompt does not.
 
