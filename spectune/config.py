@@ -22,6 +22,8 @@ from .errors import SpectuneError
 
 DEFAULT_CAUSAL_LM = "smollm2-135m"
 Dtype = Literal["fp32", "bf16"]
+COMPILE_HELP = ("torch.compile the decoder stack: faster decoding steps (bench/decode.py here: fp32 1.2x, int8 1.3x "
+                "transformers) after 1-5 minutes of compiling at start")
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", **checks: Any) -> Any:
@@ -75,8 +77,7 @@ class GenerateConfig:
     dtype: Dtype = opt("fp32", help="compute dtype of the model")
     quantize: Literal["none", "int8"] = opt("none", help="int8: weight-only int8 linear layers (bf16 around them), "
                                                         "a quarter of the bytes read per token")
-    compile: bool = opt(False, help="torch.compile the decoder stack: faster decoding steps (measured here: "
-                                    "fp32 1.2x, int8 1.3x) after 1-5 minutes of compiling at start")
+    compile: bool = opt(False, help=COMPILE_HELP)
     draft: str | None = opt(None, help="speculative decoding drafter: lookup (prompt n-grams), layers:N (the "
                                        "target's first N layers), or a model with the same tokenizer")
     num_beams: int = opt(1, help="beam search with this many beams (1: greedy or sampling); deterministic, "
@@ -117,8 +118,7 @@ class ChatConfig:
     dtype: Dtype = opt("fp32", help="compute dtype of the model")
     quantize: Literal["none", "int8"] = opt("none", help="int8: weight-only int8 linear layers (bf16 around them), "
                                                         "a quarter of the bytes read per token")
-    compile: bool = opt(False, help="torch.compile the decoder stack: faster decoding steps (measured here: "
-                                    "fp32 1.2x, int8 1.3x) after 1-5 minutes of compiling at start")
+    compile: bool = opt(False, help=COMPILE_HELP)
     system: str | None = opt(None, help="system message (default: the chat template's own)")
     max_new_tokens: int = opt(256, help="longest answer, in tokens", min=1, max=1_000_000)
     temperature: float = opt(0.0, help="0 decodes greedily; above 0 samples", min=0.0, max=100.0)
@@ -317,8 +317,7 @@ class ServeConfig:
     dtype: Dtype = opt("fp32", help="compute dtype of the generation model")
     quantize: Literal["none", "int8"] = opt("none", help="int8: weight-only int8 linear layers (bf16 around them), "
                                                         "a quarter of the bytes read per token")
-    compile: bool = opt(False, help="torch.compile the decoder stack: faster decoding steps (measured here: "
-                                    "fp32 1.2x, int8 1.3x) after 1-5 minutes of compiling at start")
+    compile: bool = opt(False, help=COMPILE_HELP)
     task_model: list[str] | None = opt(None, help="NAME=RUN_DIR: a classify or ner run served on /v1/classify "
                                                   "or /v1/ner under NAME (repeatable)")
     host: str = opt("127.0.0.1", help="address to bind; the default takes connections from this machine only")
