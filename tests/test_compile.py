@@ -72,3 +72,20 @@ def test_layers_draft_of_a_compiled_target_runs_its_own_layers_eagerly(compiled)
     ids = torch.tensor([PROMPTS[0]])
     with torch.no_grad():
         assert torch.equal(draft.model(ids).logits, late.model(ids).logits)
+
+
+def test_a_failing_compiler_is_one_line_naming_the_option(monkeypatch):
+    from spectune.decode import compiled as module
+    from spectune.errors import SpectuneError
+
+    def broken(fn, **_):
+        def run(*a, **k):
+            raise RuntimeError("InductorError: C++ compile error\n(long log)")
+        return run
+
+    monkeypatch.setattr(module.torch, "compile", broken)
+    model = compile_model(sharp_llama())
+    with pytest.raises(SpectuneError, match=r"torch.compile failed \(RuntimeError: InductorError: C\+\+ compile "
+                                            r"error\); run without --compile") as err:
+        warm_up(model, quiet=True)
+    assert err.value.where == "compile"
