@@ -196,6 +196,25 @@ def kind_tables(summary: list[dict], kinds: list[str]) -> str:
     return "\n".join(out)
 
 
+def pick_prompts(per_kind: int, kinds: str | None = None, path: str | None = None) -> list[dict]:
+    """The first `per_kind` prompts of each kind (of `kinds`, comma-separated, if given) of
+    bench/prompts.jsonl, or of `path`: JSONL {"messages"} chats (a final assistant turn dropped),
+    one kind named after the file."""
+    prompts = [json.loads(x) for x in Path(__file__).with_name("prompts.jsonl").read_text().splitlines()]
+    if path:
+        kind = Path(path).stem
+        chats = [json.loads(x)["messages"] for x in Path(path).read_text().splitlines() if x.strip()]
+        prompts = [{"kind": kind, "id": f"{kind}-{i}", "messages": m[:-1] if m[-1]["role"] == "assistant" else m}
+                   for i, m in enumerate(chats)]
+    taken = defaultdict(int)
+    chosen = []
+    for p in prompts:
+        if taken[p["kind"]] < per_kind and (not kinds or p["kind"] in kinds.split(",")):
+            taken[p["kind"]] += 1
+            chosen.append(p)
+    return chosen
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -214,18 +233,7 @@ def main() -> None:
     from spectune.loading import load_tokenizer
 
     torch.set_num_threads(os.cpu_count() or 2)
-    prompts_all = [json.loads(x) for x in Path(__file__).with_name("prompts.jsonl").read_text().splitlines()]
-    if a.prompts:
-        kind = Path(a.prompts).stem
-        chats = [json.loads(x)["messages"] for x in Path(a.prompts).read_text().splitlines() if x.strip()]
-        prompts_all = [{"kind": kind, "id": f"{kind}-{i}", "messages": m[:-1] if m[-1]["role"] == "assistant" else m}
-                       for i, m in enumerate(chats)]
-    per_kind = defaultdict(int)
-    prompts = []
-    for p in prompts_all:
-        if per_kind[p["kind"]] < a.per_kind and (not a.kinds or p["kind"] in a.kinds.split(",")):
-            per_kind[p["kind"]] += 1
-            prompts.append(p)
+    prompts = pick_prompts(a.per_kind, a.kinds, a.prompts)
     tok = load_tokenizer(a.model)
     gbs = bandwidth_gbs()
     rows, extra = [], {}

@@ -22,11 +22,10 @@ import argparse
 import json
 import os
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
-from decode import load
+from decode import load, pick_prompts
 
 
 def main() -> None:
@@ -51,12 +50,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     tok = load_tokenizer("smollm2-135m")
     eos = tok.eos_token_id
-    per_kind, prompts = defaultdict(int), []
-    for line in Path(__file__).with_name("prompts.jsonl").read_text().splitlines():
-        p = json.loads(line)
-        if per_kind[p["kind"]] < a.per_kind:
-            per_kind[p["kind"]] += 1
-            prompts.append(p)
+    prompts = pick_prompts(a.per_kind)
 
     gguf = alias_source(ALIASES["smollm2-135m"])
     llm = llama_cpp.Llama(model_path=str(gguf), n_threads=a.threads, n_ctx=2048, verbose=False)
