@@ -167,7 +167,8 @@ def cmd_train(cfg: TrainConfig) -> int:
     if cfg.distill_draft and cfg.task == "lm":  # the one-flag path: fine-tune, then a draft that matches it
         out = str(Path(cfg.out) / "draft")
         cmd_distill(build(DistillConfig, {"target": cfg.out, "data": cfg.train, "dev": cfg.dev, "out": out,
-                                          "layers": cfg.draft_layers, "new_tokens": cfg.draft_new_tokens,
+                                          "kind": cfg.draft_kind, "layers": cfg.draft_layers,
+                                          "vocab": cfg.draft_vocab, "new_tokens": cfg.draft_new_tokens,
                                           "max_length": cfg.max_length, "seed": cfg.seed, "quiet": cfg.quiet,
                                           "resume": (Path(out) / "checkpoint-last").is_dir() and cfg.resume}))
     return 0

@@ -164,7 +164,11 @@ class TrainConfig:
     dropout: float | None = opt(None, help="override every dropout probability of the model", min=0.0, max=1.0)
     distill_draft: bool = opt(False, help="with --task lm: then distil a speculative-decoding draft for the "
                                           "fine-tuned model into OUT/draft (prompts from --train and --dev)")
-    draft_layers: int = opt(2, help="with --task draft: layers of the draft (the target's first N)", min=1)
+    draft_kind: Literal["small", "head"] = opt("small", help="with --task draft or --distill-draft: small (the "
+                                                  "target's first N layers) or head (EAGLE-style, on its features)")
+    draft_layers: int = opt(0, help="with --task draft: layers of the draft (0: 2 for small, 1 for head)", min=0)
+    draft_vocab: int = opt(0, help="with --task draft: draft only the N most frequent tokens of the target's "
+                                   "answers (0: the whole vocabulary)", min=0)
     draft_new_tokens: int = opt(64, help="with --task draft: tokens the target answers each prompt with",
                                 min=1, max=4096)
     max_length: int = opt(256, help="tokens per example (NER: longer sentences are windowed)", min=8)
@@ -204,6 +208,9 @@ class TrainConfig:
                                     where="peft")
         if self.crf and self.task not in ("ner", None):
             raise SpectuneError("a CRF layer labels token sequences: use it with --task ner", where="crf")
+        if self.draft_vocab and self.draft_kind != "head":
+            raise SpectuneError("a reduced draft vocabulary is built for --draft-kind head (distill --kind head)",
+                                where="draft_vocab")
         if self.distill_draft and self.task not in ("lm", None):
             raise SpectuneError("a draft speeds up generation: use it with --task lm", where="distill_draft")
 
@@ -218,8 +225,10 @@ class DistillConfig:
     dev: str | None = opt(None, help="dev prompts: early stopping on greedy agreement with the target")
     out: str = opt(help="the draft's run folder (use it as --draft OUT)")
     kind: Literal["small", "head"] = opt("small", help="small: the target's first N layers, trained; head: an "
-                                                       "EAGLE-style head (not yet)")
-    layers: int = opt(2, help="layers of the draft", min=1)
+                                                       "EAGLE-style head on the target's hidden states")
+    layers: int = opt(0, help="layers of the draft (0: 2 for small, 1 for head)", min=0)
+    vocab: int = opt(0, help="draft only the N most frequent tokens of the target's answers on --data (0: the "
+                             "whole vocabulary); the output layer dominates a small draft's cost", min=0)
     new_tokens: int = opt(64, help="tokens the target answers each prompt with (the distillation data)",
                           min=1, max=4096)
     epochs: int = opt(3, help="passes over the prompts", min=1)
@@ -237,15 +246,14 @@ class DistillConfig:
     quiet: bool = opt(False, help="no progress bars")
 
     def check(self) -> None:
-        if self.kind == "head":
-            raise SpectuneError("the EAGLE-style head draft is not built yet; use --kind small", where="kind")
         if not self.resume and (self.target is None or self.data is None):
             raise SpectuneError("give --target and --data (or --resume)", where="target")
 
     def train_config(self) -> dict:
         """The same run as `spectune train --task draft`."""
         return {"task": "draft", "model": self.target, "train": self.data, "dev": self.dev, "out": self.out,
-                "draft_layers": self.layers, "draft_new_tokens": self.new_tokens, "epochs": self.epochs,
+                "draft_kind": self.kind, "draft_layers": self.layers, "draft_vocab": self.vocab,
+                "draft_new_tokens": self.new_tokens, "epochs": self.epochs,
                 "max_steps": self.max_steps, "batch_size": self.batch_size, "lr": self.lr,
                 "max_length": self.max_length, "max_train_examples": self.max_train_examples,
                 "max_eval_examples": self.max_eval_examples, "eval_every": self.eval_every,

@@ -49,7 +49,9 @@ def task_options(cfg: TrainConfig) -> dict:
     if cfg.task == "mlm":
         return {"text_column": cfg.text_column}
     if cfg.task == "draft":
-        return {"target": cfg.model, "layers": cfg.draft_layers, "new_tokens": cfg.draft_new_tokens}
+        return {"target": cfg.model, "kind": cfg.draft_kind,
+                "layers": cfg.draft_layers or (1 if cfg.draft_kind == "head" else 2),
+                "vocab": cfg.draft_vocab, "new_tokens": cfg.draft_new_tokens}
     return {}
 
 

@@ -66,13 +66,40 @@ def test_distillation_raises_agreement_and_the_draft_is_exact(tmp_path, target_d
         Generator(str(other), draft=str(tmp_path / "draft"))
 
 
-def test_interrupted_distillation_resumes_to_the_same_draft(tmp_path, target_dir, prompts, monkeypatch):
+def test_head_distillation_raises_agreement_and_the_head_is_exact(tmp_path, target_dir, prompts):
+    assert distill(tmp_path / "head", target_dir, prompts, "--kind", "head", "--vocab", "120", "--epochs", "12",
+                   "--lr", "5e-3") == 0
+    info = read_run(tmp_path / "head")
+    assert info["task_options"]["kind"] == "head" and info["task_options"]["layers"] == 2
+    curve = [float(line.split(",")[4]) for line in (tmp_path / "head/metrics.csv").read_text().splitlines()[1:]]
+    assert curve[-1] > curve[0] + 0.1, curve  # agreement rises with training
+    plain, fast = Generator(str(target_dir)), Generator(str(target_dir), draft=str(tmp_path / "head"))
+    assert len(fast.drafter.head.vocab) == 120
+    accepted = 0
+    for line in (prompts / "dev.jsonl").read_text().splitlines():
+        text = json.loads(line)["messages"][0]["content"]
+        r = fast.generate(text, raw=True, max_new_tokens=24)
+        assert r.text == plain.generate(text, raw=True, max_new_tokens=24).text
+        accepted += r.speculative["accepted"]
+    assert accepted > 0
+    other = tiny.save_with_tokenizer(tiny.tiny_llama(seed=9, num_hidden_layers=4), tmp_path / "other", tiny.TINY_BPE)
+    with pytest.raises(SpectuneError, match="distilled for"):
+        Generator(str(other), draft=str(tmp_path / "head"))
+    assert main(["distill", "--target", str(target_dir), "--data", str(prompts / "train.jsonl"), "--out",
+                 str(tmp_path / "bad"), "--vocab", "50"]) == 2  # a reduced vocabulary is the head's
+
+
+@pytest.mark.parametrize("kind", ["small", "head"])
+def test_interrupted_distillation_resumes_to_the_same_draft(tmp_path, target_dir, prompts, monkeypatch, kind):
     from safetensors.torch import load_file
 
     from spectune.tasks.draft_distill import DraftDistill
+    from spectune.tasks.head_distill import HeadDistill
 
-    assert distill(tmp_path / "whole", target_dir, prompts, "--epochs", "2", "--save-every", "3") == 0
-    real_loss, calls = DraftDistill.loss, {"n": 0}
+    task = HeadDistill if kind == "head" else DraftDistill
+    extra = ("--kind", kind, "--vocab", "100") if kind == "head" else ()
+    assert distill(tmp_path / "whole", target_dir, prompts, "--epochs", "2", "--save-every", "3", *extra) == 0
+    real_loss, calls = task.loss, {"n": 0}
 
     def crash_at_11(self, model, batch, *args, **kw):  # calls 9-10 score dev: the crash hits step 9
         calls["n"] += 1
@@ -80,13 +107,14 @@ def test_interrupted_distillation_resumes_to_the_same_draft(tmp_path, target_dir
             raise KeyboardInterrupt
         return real_loss(self, model, batch, *args, **kw)
 
-    monkeypatch.setattr(DraftDistill, "loss", crash_at_11)
-    assert distill(tmp_path / "cut", target_dir, prompts, "--epochs", "2", "--save-every", "3") == 130
-    monkeypatch.setattr(DraftDistill, "loss", real_loss)
+    monkeypatch.setattr(task, "loss", crash_at_11)
+    assert distill(tmp_path / "cut", target_dir, prompts, "--epochs", "2", "--save-every", "3", *extra) == 130
+    monkeypatch.setattr(task, "loss", real_loss)
     state = json.loads((tmp_path / "cut/checkpoint-last/trainer_state.json").read_text())
     assert state["step"] == 8  # the epoch-end checkpoint
     assert main(["distill", "--out", str(tmp_path / "cut"), "--resume", "--quiet"]) == 0
-    a, b = load_file(tmp_path / "whole/model/model.safetensors"), load_file(tmp_path / "cut/model/model.safetensors")
+    name = "draft_head.safetensors" if kind == "head" else "model.safetensors"
+    a, b = load_file(tmp_path / "whole/model" / name), load_file(tmp_path / "cut/model" / name)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

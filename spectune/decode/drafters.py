@@ -103,13 +103,17 @@ def layers_drafter(target, n: int) -> ModelDrafter:
     return ModelDrafter(shallow)
 
 
-def trained_draft(run_dir: str, target, target_spec: str | None) -> ModelDrafter:
+def trained_draft(run_dir: str, target, target_spec: str | None):
     """A draft distilled by `spectune distill`, refused unless it was distilled for this target."""
     from ..run import check_draft, load_run
 
     if target_spec is not None:
         check_draft(run_dir, target_spec)
-    _, _, draft = load_run(run_dir)
+    info, _, draft = load_run(run_dir)
+    if info.get("task_options", {}).get("kind") == "head":
+        from ..draft_head import head_drafter
+
+        return head_drafter(draft, target)
     if getattr(target.config, "spectune_quantized", None) == "int8":
         from ..quantize import quantize_int8
 

@@ -77,17 +77,24 @@ class Metrics:
                 "per_position_acceptance": [round(a / d, 3) if d else None for a, d in self.per_position]}
 
 
-def forward_batch(model, input_ids: torch.Tensor, mask: torch.Tensor, cache, last_only: bool = False):
+def forward_batch(model, input_ids: torch.Tensor, mask: torch.Tensor, cache, last_only: bool = False,
+                  hidden: bool = False):
     """Logits (B, T, V) for input_ids (B, T) appended to `cache`; mask (B, S+T) says which cache
     columns each row attends to; each row's positions count only its own attended columns.
     `last_only`: logits of the last position only, (B, 1, V): a prefill needs no more, and the
-    output layer over every prompt position would be the largest product of the pass."""
+    output layer over every prompt position would be the largest product of the pass.
+    `hidden`: return (logits, final hidden states (B, T, H)), for drafters that read them."""
     positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]  # (B, T)
     extra = cache_kwargs(model, cache)
     if last_only and "logits_to_keep" in forward_params(model):
         extra["logits_to_keep"] = 1
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
-    return out.logits
+    if not hidden:
+        return model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra).logits
+    from ..draft_head import final_hidden
+
+    with final_hidden(model) as box:
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+    return out.logits, box["hidden"]
 
 
 @dataclass(eq=False)
@@ -158,6 +165,8 @@ class Batch:
             from ..quantize import weight_bytes
 
             self.draft_cost = weight_bytes(drafter.model) / max(weight_bytes(model), 1)
+        # A drafter that reads the target's features (a draft head) is handed those of every position kept.
+        self.hidden = getattr(drafter, "observes", False)
         self.rows: list[Request] = []
         self.cache = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)  # (B, S): which cache columns each row sees
@@ -174,7 +183,12 @@ class Batch:
             r._start(self.drafter, self.k, self.adaptive, self.draft_cost)
         ids, mask = ragged_cache.left_pad([r.prompt for r in requests], self.pad_id)
         cache = DynamicCache(config=self.model.config)
-        logits = forward_batch(self.model, ids, mask, cache, last_only=True)[:, -1]  # (b, V)
+        logits = forward_batch(self.model, ids, mask, cache, last_only=True, hidden=self.hidden)
+        if self.hidden:
+            logits, hidden = logits
+            for b, r in enumerate(requests):  # left-padded: a row's prompt is its last len(prompt) positions
+                r.drafter.observe(hidden[b, hidden.shape[1] - len(r.prompt):])
+        logits = logits[:, -1]  # (b, V)
         best = logits.argmax(-1).tolist()
         events = []
         for b, r in enumerate(requests):
@@ -206,7 +220,9 @@ class Batch:
             ids[b, : 1 + len(drafts)] = torch.tensor([r.last, *drafts])
             new[b, : 1 + len(drafts)] = 1
         self.mask = torch.cat([self.mask, new], 1)
-        logits = forward_batch(self.model, ids, self.mask, self.cache)  # (B, 1 + K, V)
+        logits = forward_batch(self.model, ids, self.mask, self.cache, hidden=self.hidden)  # (B, 1 + K, V)
+        if self.hidden:
+            logits, hidden = logits  # hidden: (B, 1 + K, H)
         best = logits.argmax(-1).tolist()  # (B, 1 + K)
         events, keep = [], []
         for b, (r, (drafts, q)) in enumerate(zip(self.rows, plan, strict=True)):
@@ -214,6 +230,8 @@ class Batch:
             m.target_passes += 1
             n_ok, nxt = r._pick(logits[b], best[b], drafts, q)
             keep.append(1 + n_ok)  # `last` and the accepted drafts stay in the cache
+            if self.hidden:
+                r.drafter.observe(hidden[b, : 1 + n_ok])
             if drafts:
                 m.drafted += len(drafts)
                 m.accepted += n_ok

@@ -22,6 +22,8 @@ def make_task(name: str, tokenizer, labels: list[str] | None = None, max_length:
         from .causal_lm import CausalLM as cls
     elif name == "mlm":
         from .masked_lm import MaskedLM as cls
+    elif name == "draft" and options.get("kind") == "head":
+        from .head_distill import HeadDistill as cls
     elif name == "draft":
         from .draft_distill import DraftDistill as cls
     else:

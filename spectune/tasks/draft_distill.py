@@ -112,6 +112,12 @@ class DraftDistill:
         draft.get_output_embeddings().requires_grad_(False)
         return draft
 
+    def prepare_model(self, model):
+        """`--peft full` marks every weight trainable: the target's embeddings and output layer stay frozen."""
+        model.get_input_embeddings().requires_grad_(False)
+        model.get_output_embeddings().requires_grad_(False)
+        return model
+
     def encode(self, prompts: list[Prompt]) -> list[dict]:
         from tqdm import tqdm
 
@@ -147,7 +153,9 @@ class DraftDistill:
     def _soft_labels(self, seqs: list[list[int]], prompt_lens: list[int]) -> list[dict]:
         """The target's top-K next-token probabilities at every answer position of each sequence."""
         batch = {"input_ids": pad(seqs, 0), "attention_mask": pad([[1] * len(s) for s in seqs], 0)}
-        logits = logits_of(self.target, batch).float()  # (B, T, V)
+        return self._label_rows(logits_of(self.target, batch).float(), seqs, prompt_lens)
+
+    def _label_rows(self, logits: torch.Tensor, seqs: list[list[int]], prompt_lens: list[int]) -> list[dict]:
         out = []
         for b, (seq, n) in enumerate(zip(seqs, prompt_lens, strict=True)):
             # position t predicts token t+1: the answer's tokens are predicted from positions n-1 .. len-2
