@@ -5,7 +5,8 @@ Prompt set: bench/prompts.jsonl (bench/make_prompts.py), 8 prompts in each of se
 code editing (grounded in their input). Per dtype (fp32, bf16, and int8 = our --quantize int8)
 and prompt, rows: transformers `generate` (the reference), transformers with prompt look-up
 (`prompt_lookup_num_tokens=10`), our engine plain, with prompt look-up, and with the target's
-first N layers as draft; with --compile also our engine on a compiled copy of the model
+first N layers as draft, and each --draft-run (a distilled draft; a draft head also untrained, `@init`,
+for before/after); with --compile also our engine on a compiled copy of the model
 (`--compile`), plain and with look-up. Reported per kind: tokens/s, ratios, tau (tokens per target pass),
 acceptance, and whether every output equals the reference token for token. Then batch 4 against
 batch 1, and each plain decoder as a fraction of the weight-read bound (bytes of weights per token
@@ -57,8 +58,14 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
     rows, outs = [], {}
     drafters = {"lookup": make_drafter("lookup", model), f"layers:{a.layers}": make_drafter(f"layers:{a.layers}",
                                                                                             model)}
-    if a.draft_run:  # a draft distilled for this target (`spectune distill`)
-        drafters["distilled"] = make_drafter(a.draft_run, model, a.model)
+    for name, run in draft_runs(a.draft_run):  # drafts distilled for this target (`spectune distill`)
+        drafters[name] = make_drafter(run, model, a.model)
+        if hasattr(drafters[name], "head"):  # a head: also the same head untrained (before distillation)
+            from spectune.draft_head import DraftHead, head_drafter
+
+            drafters[f"{name}@init"] = head_drafter(DraftHead.for_target(
+                load(a.model, "fp32"), drafters[name].head.config.num_hidden_layers, drafters[name].head.vocab),
+                model)
     extra = {}
     fast = None
     if a.compile:  # a second copy, compiled, so the transformers and eager rows stay eager
@@ -92,11 +99,13 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
         decoders = [("transformers", hf), ("transformers+lookup", lambda: hf(prompt_lookup_num_tokens=10)),
                     ("ours", lambda: ours(None)), ("ours+lookup", lambda: ours("lookup")),
                     (f"ours+layers:{a.layers}", lambda: ours(f"layers:{a.layers}"))]
-        if a.draft_run:
-            decoders.append(("ours+distilled", lambda: ours("distilled")))
+        trained = [d for d in drafters if d != "lookup" and not d.startswith("layers:")]
+        decoders += [(f"ours+{d}", lambda d=d: ours(d)) for d in trained]
         if fast is not None:
             decoders += [("ours compiled", lambda: ours(None, target=fast)),
                          ("ours compiled+lookup", lambda: ours("lookup", target=fast))]
+            decoders += [(f"ours compiled+{d}", lambda d=d: ours(d, target=fast)) for d in trained
+                         if not d.endswith("@init")]
         for name, fn in decoders:
             with torch.no_grad():
                 out, seconds, m = fn()
@@ -115,6 +124,15 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
     from spectune.quantize import weight_bytes
 
     return rows, {"weight_bytes": weight_bytes(model), **extra, **batch}
+
+
+def draft_runs(specs: list[str] | None) -> list[tuple[str, str]]:
+    """--draft-run values, DIR or NAME=DIR: (row name, run folder); a bare DIR is `distilled`."""
+    out = []
+    for spec in specs or []:
+        name, _, run = spec.rpartition("=")
+        out.append((name or ("distilled" if not out else Path(run).name), run))
+    return out
 
 
 def reference(decoder: str) -> str:
@@ -222,7 +240,8 @@ def main() -> None:
     ap.add_argument("--per-kind", type=int, default=8, help="prompts of each kind (at most 8)")
     ap.add_argument("--dtypes", default="fp32,bf16,int8")
     ap.add_argument("--layers", type=int, default=8, help="N for the layers:N draft")
-    ap.add_argument("--draft-run", help="also a draft distilled for --model (`spectune distill --out DIR`)")
+    ap.add_argument("--draft-run", action="append", help="also a draft distilled for --model (`spectune distill "
+                                                         "--out DIR`), as DIR or NAME=DIR; repeatable")
     ap.add_argument("--kinds", help="only these kinds, comma-separated")
     ap.add_argument("--prompts", help="another prompt set: JSONL of {\"messages\"} chats (a final assistant turn "
                                       "is dropped), e.g. a draft's own domain; its kind is the file's name")

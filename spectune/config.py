@@ -169,8 +169,8 @@ class TrainConfig:
     draft_layers: int = opt(0, help="with --task draft: layers of the draft (0: 2 for small, 1 for head)", min=0)
     draft_vocab: int = opt(0, help="with --task draft: draft only the N most frequent tokens of the target's "
                                    "answers (0: the whole vocabulary)", min=0)
-    draft_new_tokens: int = opt(64, help="with --task draft: tokens the target answers each prompt with",
-                                min=1, max=4096)
+    draft_new_tokens: int = opt(64, help="with --task draft: tokens the target answers each prompt with (0: "
+                                         "the texts as they are)", min=0, max=4096)
     max_length: int = opt(256, help="tokens per example (NER: longer sentences are windowed)", min=8)
     bf16: bool = opt(False, help="bf16 autocast for forward and backward")
     seed: int = opt(42, help="seed for initialisation, shuffling and dropout")
@@ -229,12 +229,13 @@ class DistillConfig:
     layers: int = opt(0, help="layers of the draft (0: 2 for small, 1 for head)", min=0)
     vocab: int = opt(0, help="draft only the N most frequent tokens of the target's answers on --data (0: the "
                              "whole vocabulary); the output layer dominates a small draft's cost", min=0)
-    new_tokens: int = opt(64, help="tokens the target answers each prompt with (the distillation data)",
-                          min=1, max=4096)
+    new_tokens: int = opt(64, help="tokens the target answers each prompt with (the distillation data); 0: no "
+                                   "answers, the texts as they are (a chat's answers included), off-policy",
+                          min=0, max=4096)
     epochs: int = opt(3, help="passes over the prompts", min=1)
     max_steps: int = opt(0, help="stop after this many optimizer steps (0: no limit)", min=0)
     batch_size: int = opt(8, help="sequences per step", min=1)
-    lr: float = opt(3e-4, help="peak learning rate", min=0.0)
+    lr: float = opt(0.0, help="peak learning rate (0: 3e-4 for small, 2e-3 for head)", min=0.0)
     max_length: int = opt(320, help="prompt + answer tokens kept per sequence", min=16)
     max_train_examples: int = opt(0, help="use only the first N prompts (0: all)", min=0)
     max_eval_examples: int = opt(0, help="use only the first N dev prompts (0: all)", min=0)
@@ -254,7 +255,8 @@ class DistillConfig:
         return {"task": "draft", "model": self.target, "train": self.data, "dev": self.dev, "out": self.out,
                 "draft_kind": self.kind, "draft_layers": self.layers, "draft_vocab": self.vocab,
                 "draft_new_tokens": self.new_tokens, "epochs": self.epochs,
-                "max_steps": self.max_steps, "batch_size": self.batch_size, "lr": self.lr,
+                "max_steps": self.max_steps, "batch_size": self.batch_size,
+                "lr": self.lr or (2e-3 if self.kind == "head" else 3e-4),
                 "max_length": self.max_length, "max_train_examples": self.max_train_examples,
                 "max_eval_examples": self.max_eval_examples, "eval_every": self.eval_every,
                 "patience": self.patience, "save_every": self.save_every, "seed": self.seed,
@@ -305,7 +307,7 @@ class ExportConfig:
 class DataPrepareConfig:
     """`spectune data prepare`: write a bundled real corpus as train/dev/test files."""
 
-    name: Literal["pd1998-ner", "chn-sentiment", "chatterbot-topics", "chatterbot-chat"] = opt(
+    name: Literal["pd1998-ner", "chn-sentiment", "chatterbot-topics", "chatterbot-chat", "chitchat"] = opt(
         help="corpus to prepare", positional=True)
     out: str = opt(help="folder for train/dev/test files")
 

@@ -96,3 +96,19 @@ def test_chatterbot_chat_alternates_turns_and_ends_on_an_answer(tmp_path):
             msgs = json.loads(line)["messages"]
             assert [m["role"] for m in msgs] == ["user", "assistant"] * (len(msgs) // 2)
             assert firsts.setdefault(msgs[0]["content"], split) == split  # a first turn stays in one split
+
+
+def test_chitchat_chats_alternate_and_split_by_conversation(tmp_path):
+    counts = prepare("chitchat", tmp_path)
+    assert counts["train"]["chats"] > 3000 and counts["dev"]["chats"] > 300 and counts["test"]["chats"] > 300
+    ids = set()
+    for split in ("train", "dev", "test"):
+        for line in (tmp_path / f"{split}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            roles = [m["role"] for m in row["messages"]]
+            assert len(roles) >= 2 and roles == (["user", "assistant"] * len(roles))[: len(roles)]
+            assert all(m["content"] and m["content"] == " ".join(m["content"].split()) for m in row["messages"])
+            assert row["id"] not in ids
+            ids.add(row["id"])
+    again = prepare("chitchat", tmp_path / "again")
+    assert again == counts and (tmp_path / "again/dev.jsonl").read_text() == (tmp_path / "dev.jsonl").read_text()

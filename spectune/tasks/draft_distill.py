@@ -69,7 +69,7 @@ class DraftDistill:
                                                      for m in msgs):
                 raise SpectuneError('expected {"prompt": text} or {"messages": [{"role", "content"}, ...]}',
                                     where=where)
-            while msgs and msgs[-1].get("role") == "assistant":
+            while self.new_tokens and msgs and msgs[-1].get("role") == "assistant":
                 msgs = msgs[:-1]
             if msgs:
                 rows.append(Prompt(msgs, where))
@@ -132,10 +132,23 @@ class DraftDistill:
                                 f"--draft-new-tokens {self.new_tokens}", where="max_length")
         ids = []
         for p in prompts:
-            one = prompt_ids(self.tok, p.prompt, raw=isinstance(p.prompt, str))[0].tolist()
+            if self.new_tokens == 0 and not isinstance(p.prompt, str):  # a whole chat, its answers included
+                text = self.tok.apply_chat_template(p.prompt, tokenize=False) if self.tok.chat_template else \
+                    "\n".join(m["content"] for m in p.prompt)
+                one = self.tok(text, add_special_tokens=not self.tok.chat_template).input_ids
+            else:
+                one = prompt_ids(self.tok, p.prompt, raw=isinstance(p.prompt, str))[0].tolist()
             self.truncated += len(one) > keep
             ids.append(one[-keep:])
         feats = []
+        if self.new_tokens == 0:  # off-policy: the texts as they are, labelled by the target at every position
+            bar = tqdm(total=len(ids), desc="target labels", unit="text", file=sys.stderr, leave=False)
+            for start in range(0, len(ids), 8):
+                seqs = ids[start:start + 8]
+                feats += self._soft_labels(seqs, [1] * len(seqs))
+                bar.update(len(seqs))
+            bar.close()
+            return feats
         bar = tqdm(total=len(ids), desc="target answers", unit="prompt", file=sys.stderr, leave=False)
         for start in range(0, len(ids), 8):  # the target writes its answers, 8 prompts decoded together
             requests = [Request(x, max_new_tokens=self.new_tokens, eos=eos) for x in ids[start:start + 8]]
