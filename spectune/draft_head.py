@@ -51,7 +51,7 @@ class DraftHead(torch.nn.Module):
         config.num_hidden_layers = layers
         if getattr(config, "layer_types", None):
             config.layer_types = config.layer_types[-layers:]
-        config.vocab_size, config.pad_token_id = 1, None
+        config.vocab_size, config.pad_token_id, config.bos_token_id, config.eos_token_id = 1, None, None, None
         head = cls(config, vocab)
         stack = target.get_decoder()
         n = len(stack.layers)

@@ -8,8 +8,10 @@ distribution of x_(i+2) (cross-entropy against the soft labels, over the draft's
 every position: the prompt's too, and with `--new-tokens 0` whole texts (a chat's answers
 included) labelled by the target without generating (off-policy, EAGLE's fixed-data training).
 Training inputs carry a little uniform noise, as in EAGLE: when drafting, the head reads its own,
-imperfect, predicted features from the second draft on. The dev metric is greedy agreement of the
-first draft, teacher-forced: the acceptance of the first draft token.
+imperfect, predicted features from the second draft on, and each batch is also run a second time
+with the head reading its own predictions (see `loss`). The dev metric is greedy agreement of the
+first draft, teacher-forced: the acceptance of the first draft token; `agreement_own_features` is
+the same from the head's own features (the later drafts' case).
 """
 
 from __future__ import annotations
@@ -104,9 +106,13 @@ class HeadDistill(DraftDistill):
             self._out = (model.vocab.clone(), index, weight[model.vocab])
         return self._out[1], self._out[2]
 
-    def _predict(self, model, batch):
-        """Teacher-forced head outputs: (predicted features (B, T-1, H), logits over its vocab (B, T-1, N))."""
+    def _predict(self, model, batch, previous=None):
+        """Head outputs: (predicted features (B, T-1, H), logits over its vocab (B, T-1, N)). Teacher-forced,
+        or (`previous`: a first pass's predictions) each position reading the head's own prediction of
+        its feature, as the second and later drafts do."""
         feats = batch["feats"][:, :-1]  # (B, T-1, H): f_i
+        if previous is not None:
+            feats = torch.cat([feats[:, :1], previous[:, :-1]], 1)  # f^_i, predicted at position i-1
         if model.training:
             feats = feats + (torch.rand_like(feats) - 0.5) * NOISE
         embeds = self.target.get_input_embeddings()(batch["input_ids"][:, 1:]).detach().float()  # x_(i+1)
@@ -122,7 +128,14 @@ class HeadDistill(DraftDistill):
         return ids.clamp(min=0), probs
 
     def loss(self, model, batch, reduction: str = "mean") -> torch.Tensor:
-        pred, logits = self._predict(model, batch)
+        """Two passes: teacher-forced, then reading its own predicted features (EAGLE-3's training-time
+        test, simplified: the whole context predicted). Measured here on 320 chatterbot prompts, 6
+        epochs: agreement of the second draft 0.20 -> 0.38, of the first unchanged (0.43 / 0.44)."""
+        first, logits = self._predict(model, batch)
+        second, logits2 = self._predict(model, batch, previous=first)
+        return self._loss(model, batch, first, logits, reduction) + self._loss(model, batch, second, logits2, reduction)
+
+    def _loss(self, model, batch, pred, logits, reduction: str) -> torch.Tensor:
         real = batch["attention_mask"][:, 1:].float()  # (B, T-1): positions with a next token
         reg = torch.nn.functional.smooth_l1_loss(pred, batch["feats"][:, 1:], reduction="none").mean(-1) * real
         ids, probs = self._labels(model, batch)
@@ -134,17 +147,20 @@ class HeadDistill(DraftDistill):
 
     @torch.no_grad()
     def evaluate(self, model, feats, examples, batch_size=8) -> dict:
-        agree = total = covered = 0
+        agree = agree2 = total = covered = 0
         loss = 0.0
         for i in range(0, len(feats), batch_size):
             batch = self.collate(feats[i : i + batch_size])
-            _, logits = self._predict(model, batch)
+            first, logits = self._predict(model, batch)
+            _, logits2 = self._predict(model, batch, previous=first)
             index, _ = self._rows(model)
             answer = batch["answer"][:, 1:]  # (B, T-1): agreement where the target wrote its own answer
             top = index[batch["top_ids"][:, 1:, 0]]  # (B, T-1): the target's token as a draft row, -1 if absent
             agree += int(((logits.argmax(-1) == top) & answer).sum())
+            agree2 += int(((logits2.argmax(-1) == top) & answer).sum())
             covered += int(((top >= 0) & answer).sum())
             total += int(answer.sum())
             loss += float(self.loss(model, batch, reduction="sum"))
-        return {"task": "draft", "agreement": agree / max(total, 1), "loss": loss / max(total, 1),
+        return {"task": "draft", "agreement": agree / max(total, 1), "agreement_own_features": agree2 / max(total, 1),
+                "loss": loss / max(total, 1),
                 "vocab_coverage": covered / max(total, 1), "positions": total, "soft_label_width": TOP_K}
