@@ -143,6 +143,21 @@ def test_train_lm_with_distill_draft_gives_a_matching_draft(tmp_path, tiny_llama
                  str(draft)]) == 2  # a draft for other weights
 
 
+def test_train_lm_with_distill_draft_head(tmp_path, tiny_llama_dir):
+    chat = tiny.write_chat(tmp_path)
+    assert main(["train", "--task", "lm", "--model", str(tiny_llama_dir), "--train", str(chat), "--out",
+                 str(tmp_path / "run"), "--peft", "lora", "--epochs", "1", "--batch-size", "4", "--lr", "1e-2",
+                 "--distill-draft", "--draft-kind", "head", "--draft-vocab", "64", "--draft-new-tokens", "12",
+                 "--quiet"]) == 0
+    opts = read_run(tmp_path / "run/draft")["task_options"]
+    assert opts["kind"] == "head" and opts["layers"] == 1 and opts["vocab"] == 64
+    gen = Generator(str(tmp_path / "run"), draft=str(tmp_path / "run/draft"))
+    assert len(gen.drafter.head.vocab) <= 64
+    fast = gen.generate("What is the capital of France?", max_new_tokens=12)
+    assert fast.text == Generator(str(tmp_path / "run")).generate("What is the capital of France?",
+                                                                    max_new_tokens=12).text
+
+
 def test_off_policy_texts_keep_their_answers_and_are_labelled_everywhere(tmp_path, target_dir):
     """--new-tokens 0: no answers generated; a chat's own answers are the text, labelled at every position."""
     from spectune.loading import tokenizer_from_folder
