@@ -25,6 +25,16 @@ Dtype = Literal["fp32", "bf16"]
 COMPILE_HELP = ("torch.compile the decoder stack: faster decoding steps (bench/decode.py here: fp32 1.2x, int8 1.3x "
                 "transformers) after 1-5 minutes of compiling at start")
 
+# The draft options of `distill` and of `train --task draft / --distill-draft`, described once.
+DRAFT_HELP = {
+    "kind": "small (the target's first N layers, trained) or head (EAGLE-style, on the target's hidden states)",
+    "layers": "layers of the draft (0: 2 for small, 1 for head)",
+    "vocab": "a head drafts only the N most frequent tokens of the distillation data (0: the whole vocabulary); "
+             "the output layer dominates a one-layer draft's cost",
+    "new_tokens": "tokens the target answers each prompt with (the distillation data); 0: no answers, the texts "
+                  "as they are (a chat's answers included), labelled off-policy",
+}
+
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", **checks: Any) -> Any:
     """A documented field. `checks`: min, max (inclusive bounds), positional (CLI argument, no flag)."""
@@ -164,13 +174,11 @@ class TrainConfig:
     dropout: float | None = opt(None, help="override every dropout probability of the model", min=0.0, max=1.0)
     distill_draft: bool = opt(False, help="with --task lm: then distil a speculative-decoding draft for the "
                                           "fine-tuned model into OUT/draft (prompts from --train and --dev)")
-    draft_kind: Literal["small", "head"] = opt("small", help="with --task draft or --distill-draft: small (the "
-                                                  "target's first N layers) or head (EAGLE-style, on its features)")
-    draft_layers: int = opt(0, help="with --task draft: layers of the draft (0: 2 for small, 1 for head)", min=0)
-    draft_vocab: int = opt(0, help="with --task draft: draft only the N most frequent tokens of the target's "
-                                   "answers (0: the whole vocabulary)", min=0)
-    draft_new_tokens: int = opt(64, help="with --task draft: tokens the target answers each prompt with (0: "
-                                         "the texts as they are)", min=0, max=4096)
+    draft_kind: Literal["small", "head"] = opt("small", help="with --task draft or --distill-draft: "
+                                                             + DRAFT_HELP["kind"])
+    draft_layers: int = opt(0, help="with --task draft: " + DRAFT_HELP["layers"], min=0)
+    draft_vocab: int = opt(0, help="with --task draft: " + DRAFT_HELP["vocab"], min=0)
+    draft_new_tokens: int = opt(64, help="with --task draft: " + DRAFT_HELP["new_tokens"], min=0, max=4096)
     max_length: int = opt(256, help="tokens per example (NER: longer sentences are windowed)", min=8)
     bf16: bool = opt(False, help="bf16 autocast for forward and backward")
     seed: int = opt(42, help="seed for initialisation, shuffling and dropout")
@@ -221,17 +229,13 @@ class DistillConfig:
 
     target: str | None = opt(None, help="the target: alias, model folder, .gguf, hub id, or an lm run folder")
     data: str | None = opt(None, help="training prompts: JSONL {\"prompt\"} / {\"messages\"} (a final assistant "
-                                      "turn is dropped) or .txt, one prompt per line")
+                                      "turn is dropped, unless --new-tokens 0) or .txt, one prompt per line")
     dev: str | None = opt(None, help="dev prompts: early stopping on greedy agreement with the target")
     out: str = opt(help="the draft's run folder (use it as --draft OUT)")
-    kind: Literal["small", "head"] = opt("small", help="small: the target's first N layers, trained; head: an "
-                                                       "EAGLE-style head on the target's hidden states")
-    layers: int = opt(0, help="layers of the draft (0: 2 for small, 1 for head)", min=0)
-    vocab: int = opt(0, help="draft only the N most frequent tokens of the target's answers on --data (0: the "
-                             "whole vocabulary); the output layer dominates a small draft's cost", min=0)
-    new_tokens: int = opt(64, help="tokens the target answers each prompt with (the distillation data); 0: no "
-                                   "answers, the texts as they are (a chat's answers included), off-policy",
-                          min=0, max=4096)
+    kind: Literal["small", "head"] = opt("small", help=DRAFT_HELP["kind"])
+    layers: int = opt(0, help=DRAFT_HELP["layers"], min=0)
+    vocab: int = opt(0, help=DRAFT_HELP["vocab"], min=0)
+    new_tokens: int = opt(64, help=DRAFT_HELP["new_tokens"], min=0, max=4096)
     epochs: int = opt(3, help="passes over the prompts", min=1)
     max_steps: int = opt(0, help="stop after this many optimizer steps (0: no limit)", min=0)
     batch_size: int = opt(8, help="sequences per step", min=1)
