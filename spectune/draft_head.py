@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -110,22 +109,6 @@ class DraftHead(torch.nn.Module):
         return head.eval()
 
 
-@contextmanager
-def final_hidden(model):
-    """Capture the target's last hidden states (B, T, H), the features its output layer reads, during
-    a forward: a hook on the decoder stack, outside a compiled forward (see decode/compiled.py)."""
-    box: dict = {}
-
-    def hook(_module, _args, out):
-        box["hidden"] = out[0] if isinstance(out, tuple) else out.last_hidden_state
-
-    handle = model.get_decoder().register_forward_hook(hook)
-    try:
-        yield box
-    finally:
-        handle.remove()
-
-
 class HeadDrafter:
     """Drafts with a DraftHead for one row. The engine hands it the target's features of every
     position it keeps (`observe`); `propose` runs the head over the positions it has not seen with
@@ -139,8 +122,8 @@ class HeadDrafter:
         self.model = head  # what the engine weighs: bytes read per draft token (fc, layer, output rows)
         self.embed = target.get_input_embeddings()
         self.vocab_size = target.get_output_embeddings().out_features
-        self.feats: list[torch.Tensor] = []  # (n_i, H) chunks: target features of positions 0, 1, ...
-        self.n_feats = 0
+        self.pending: list[torch.Tensor] = []  # (n_i, H): target features of positions the head has not read
+        self.observed = 0  # positions whose target features were handed over
         self.cache = None
         self.done = 0  # head positions in its cache computed from true target features
 
@@ -149,8 +132,8 @@ class HeadDrafter:
 
     def observe(self, hidden: torch.Tensor) -> None:
         """The target's features (n, H) for the next n positions of the context, in order."""
-        self.feats.append(hidden)
-        self.n_feats += hidden.shape[0]
+        self.pending.append(hidden)
+        self.observed += hidden.shape[0]
 
     @torch.no_grad()
     def propose(self, context: list[int], k: int, sampling, generator):
@@ -159,19 +142,20 @@ class HeadDrafter:
         from .decode.sampling import distribution, pick
 
         n = len(context) - 1  # context[-1] is the token the target has not seen: features 0..n-1 are known
-        if self.n_feats != n or n < 1:
-            raise RuntimeError(f"draft head: {self.n_feats} target features for a context of {len(context)}")
+        if self.observed != n or n < 1:
+            raise RuntimeError(f"draft head: {self.observed} target features for a context of {len(context)}")
         if self.cache is None:
             self.cache = DynamicCache(config=self.head.config)
         if self.cache.get_seq_length() > self.done:  # drop the positions fed with the head's own features
             self.cache.crop(self.done - self.cache.get_seq_length())  # a negative count: tokens to drop
-        feats = torch.cat(self.feats)  # (n, H)
-        self.feats = [feats]
-        # Position i reads (f_i, x_(i+1)) and predicts f_(i+1), whose token is x_(i+2).
+        # Position i reads (f_i, x_(i+1)) and predicts f_(i+1), whose token is x_(i+2). The positions
+        # before `done` are in the head's cache; the pending features are those of done .. n-1.
         start = self.done
+        feats = torch.cat(self.pending).unsqueeze(0)  # (1, n - start, H)
+        self.pending = []
         x = self.embed(torch.tensor([context[start + 1 : n + 1]]))  # (1, n - start, H)
         pos = torch.arange(start, n).unsqueeze(0)
-        f = self.head(feats[start:n].unsqueeze(0).to(x.dtype), x, position_ids=pos, cache=self.cache)[:, -1:]
+        f = self.head(feats.to(x.dtype), x, position_ids=pos, cache=self.cache)[:, -1:]
         self.done = n
         tokens, qs = [], []
         seen = torch.tensor(context)

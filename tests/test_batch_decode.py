@@ -132,7 +132,7 @@ def test_cache_after_rejections_is_as_if_they_were_never_seen(target, alone):
     probe = torch.tensor([[r.last] for r in batch.rows])
     mask = torch.cat([batch.mask, torch.ones((len(batch), 1), dtype=batch.mask.dtype)], 1)
     from spectune.decode.engine import forward_batch
-    got = forward_batch(target, probe, mask, batch.cache)[:, -1]  # (B, V)
+    got = forward_batch(target, probe, mask, batch.cache)[0][:, -1]  # (B, V)
     for b, r in enumerate(batch.rows):
         fresh, _ = forward(target, r.tokens, None)  # the row's whole context, never a rejected token
         torch.testing.assert_close(got[b], fresh[-1], atol=1e-4, rtol=1e-4)

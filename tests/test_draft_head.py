@@ -13,7 +13,7 @@ from test_decode import sharp_llama
 
 from spectune.decode.engine import GREEDY, Batch, Request
 from spectune.decode.sampling import Sampling
-from spectune.draft_head import DraftHead, head_drafter
+from spectune.draft_head import DraftHead, HeadDrafter, head_drafter
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +53,24 @@ def true_features(target, tokens):
         return target(input_ids=torch.tensor([tokens]), output_hidden_states=True).hidden_states[-1][0]
 
 
+class Recording(HeadDrafter):
+    """A head drafter that also keeps every feature it is handed."""
+
+    def __init__(self, head, target):
+        super().__init__(head, target)
+        self.log = []
+
+    def fork(self):
+        return Recording(self.head, self.target)
+
+    def observe(self, hidden):
+        self.log.append(hidden)
+        super().observe(hidden)
+
+
 def test_the_engine_hands_the_head_the_targets_features_and_drafting_is_incremental(target):
     head = make_head(target)
-    batch = Batch(target, drafter=head_drafter(head, target), k=3, adaptive=False)
+    batch = Batch(target, drafter=Recording(head_drafter(head, target).head, target), k=3, adaptive=False)
     batch.add([Request(p, max_new_tokens=40) for p in PROMPTS])
     for _ in range(6):
         batch.step()
@@ -65,7 +80,7 @@ def test_the_engine_hands_the_head_the_targets_features_and_drafting_is_incremen
     assert drafted > 0 and 0 < accepted < drafted  # rejections happened: rolled-back positions exist
     for r in batch.rows:
         d = r.drafter
-        got = torch.cat(d.feats)  # (n, H): every position of the context but the last token's
+        got = torch.cat(d.log)  # (n, H): every position of the context but the last token's
         assert got.shape[0] == len(r.tokens) - 1
         torch.testing.assert_close(got, true_features(target, r.tokens[:-1]), atol=1e-4, rtol=1e-4)
         fresh = head_drafter(head, target)

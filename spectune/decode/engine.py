@@ -13,6 +13,7 @@ which is fed at the start of the next pass (alone, or in front of the drafts).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import Iterator
@@ -34,6 +35,22 @@ def forward(model, ids: list[int], cache):
         cache = DynamicCache(config=model.config)
     out = model(input_ids=torch.tensor([ids]), use_cache=True, **cache_kwargs(model, cache))
     return out.logits[0], cache
+
+
+@contextlib.contextmanager
+def final_hidden(model):
+    """Capture the target's last hidden states (B, T, H), the features its output layer reads, during
+    a forward: a hook on the decoder stack, outside a compiled forward (see compiled.py)."""
+    box: dict = {}
+
+    def hook(_module, _args, out):
+        box["hidden"] = out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+    handle = model.get_decoder().register_forward_hook(hook)
+    try:
+        yield box
+    finally:
+        handle.remove()
 
 
 GREEDY = Sampling()
@@ -83,18 +100,14 @@ def forward_batch(model, input_ids: torch.Tensor, mask: torch.Tensor, cache, las
     columns each row attends to; each row's positions count only its own attended columns.
     `last_only`: logits of the last position only, (B, 1, V): a prefill needs no more, and the
     output layer over every prompt position would be the largest product of the pass.
-    `hidden`: return (logits, final hidden states (B, T, H)), for drafters that read them."""
+    Returns (logits, final hidden states (B, T, H) if `hidden`, for drafters that read them, else None)."""
     positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]  # (B, T)
     extra = cache_kwargs(model, cache)
     if last_only and "logits_to_keep" in forward_params(model):
         extra["logits_to_keep"] = 1
-    if not hidden:
-        return model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra).logits
-    from ..draft_head import final_hidden
-
-    with final_hidden(model) as box:
+    with final_hidden(model) if hidden else contextlib.nullcontext({}) as box:
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
-    return out.logits, box["hidden"]
+    return out.logits, box.get("hidden")
 
 
 @dataclass(eq=False)
@@ -183,9 +196,8 @@ class Batch:
             r._start(self.drafter, self.k, self.adaptive, self.draft_cost)
         ids, mask = ragged_cache.left_pad([r.prompt for r in requests], self.pad_id)
         cache = DynamicCache(config=self.model.config)
-        logits = forward_batch(self.model, ids, mask, cache, last_only=True, hidden=self.hidden)
-        if self.hidden:
-            logits, hidden = logits
+        logits, hidden = forward_batch(self.model, ids, mask, cache, last_only=True, hidden=self.hidden)
+        if hidden is not None:
             for b, r in enumerate(requests):  # left-padded: a row's prompt is its last len(prompt) positions
                 r.drafter.observe(hidden[b, hidden.shape[1] - len(r.prompt):])
         logits = logits[:, -1]  # (b, V)
@@ -220,9 +232,7 @@ class Batch:
             ids[b, : 1 + len(drafts)] = torch.tensor([r.last, *drafts])
             new[b, : 1 + len(drafts)] = 1
         self.mask = torch.cat([self.mask, new], 1)
-        logits = forward_batch(self.model, ids, self.mask, self.cache, hidden=self.hidden)  # (B, 1 + K, V)
-        if self.hidden:
-            logits, hidden = logits  # hidden: (B, 1 + K, H)
+        logits, hidden = forward_batch(self.model, ids, self.mask, self.cache, hidden=self.hidden)  # (B, 1 + K, V/H)
         best = logits.argmax(-1).tolist()  # (B, 1 + K)
         events, keep = [], []
         for b, (r, (drafts, q)) in enumerate(zip(self.rows, plan, strict=True)):
@@ -230,7 +240,7 @@ class Batch:
             m.target_passes += 1
             n_ok, nxt = r._pick(logits[b], best[b], drafts, q)
             keep.append(1 + n_ok)  # `last` and the accepted drafts stay in the cache
-            if self.hidden:
+            if hidden is not None:
                 r.drafter.observe(hidden[b, : 1 + n_ok])
             if drafts:
                 m.drafted += len(drafts)
