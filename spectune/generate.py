@@ -22,9 +22,10 @@ class GenerationResult:
     prompt_tokens: int = 0
 
 
-def prompt_ids(tokenizer, prompt: str | list[dict], *, raw: bool = False, system: str | None = None):
+def prompt_ids(tokenizer, prompt: str | list[dict], *, raw: bool = False, system: str | None = None,
+               answered: bool = False):
     """Token ids (1, T) for a prompt (text, or chat messages): wrapped in the chat template when the
-    tokenizer has one."""
+    tokenizer has one. `answered`: a whole chat, its answers included, with no generation prompt after it."""
     if not isinstance(prompt, str):
         messages = prompt
         if not getattr(tokenizer, "chat_template", None):  # no template: the turns' text, one per line
@@ -33,7 +34,7 @@ def prompt_ids(tokenizer, prompt: str | list[dict], *, raw: bool = False, system
         return tokenizer(prompt, return_tensors="pt").input_ids
     else:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not answered)
     # The template already holds every special token; adding BOS again would shift the prompt.
     return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
 

@@ -101,13 +101,13 @@ def test_interrupted_distillation_resumes_to_the_same_draft(tmp_path, target_dir
     assert distill(tmp_path / "whole", target_dir, prompts, "--epochs", "2", "--save-every", "3", *extra) == 0
     real_loss, calls = task.loss, {"n": 0}
 
-    def crash_at_11(self, model, batch, *args, **kw):  # calls 9-10 score dev: the crash hits step 9
-        calls["n"] += 1
-        if calls["n"] == 11:
+    def crash_at_step_9(self, model, batch, *args, **kw):  # training steps only (dev scoring may call it too)
+        calls["n"] += model.training
+        if calls["n"] == 9:
             raise KeyboardInterrupt
         return real_loss(self, model, batch, *args, **kw)
 
-    monkeypatch.setattr(task, "loss", crash_at_11)
+    monkeypatch.setattr(task, "loss", crash_at_step_9)
     assert distill(tmp_path / "cut", target_dir, prompts, "--epochs", "2", "--save-every", "3", *extra) == 130
     monkeypatch.setattr(task, "loss", real_loss)
     state = json.loads((tmp_path / "cut/checkpoint-last/trainer_state.json").read_text())

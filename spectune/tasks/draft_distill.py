@@ -132,33 +132,26 @@ class DraftDistill:
                                 f"--draft-new-tokens {self.new_tokens}", where="max_length")
         ids = []
         for p in prompts:
-            if self.new_tokens == 0 and not isinstance(p.prompt, str):  # a whole chat, its answers included
-                text = self.tok.apply_chat_template(p.prompt, tokenize=False) if self.tok.chat_template else \
-                    "\n".join(m["content"] for m in p.prompt)
-                one = self.tok(text, add_special_tokens=not self.tok.chat_template).input_ids
-            else:
-                one = prompt_ids(self.tok, p.prompt, raw=isinstance(p.prompt, str))[0].tolist()
+            # --new-tokens 0: a chat is taken whole, its answers included (off-policy)
+            one = prompt_ids(self.tok, p.prompt, raw=isinstance(p.prompt, str), answered=not self.new_tokens)
+            one = one[0].tolist()
             self.truncated += len(one) > keep
             ids.append(one[-keep:])
         feats = []
-        if self.new_tokens == 0:  # off-policy: the texts as they are, labelled by the target at every position
-            bar = tqdm(total=len(ids), desc="target labels", unit="text", file=sys.stderr, leave=False)
-            for start in range(0, len(ids), 8):
-                seqs = ids[start:start + 8]
-                feats += self._soft_labels(seqs, [1] * len(seqs))
-                bar.update(len(seqs))
-            bar.close()
-            return feats
-        bar = tqdm(total=len(ids), desc="target answers", unit="prompt", file=sys.stderr, leave=False)
-        for start in range(0, len(ids), 8):  # the target writes its answers, 8 prompts decoded together
-            requests = [Request(x, max_new_tokens=self.new_tokens, eos=eos) for x in ids[start:start + 8]]
-            answers = {id(r): [] for r in requests}
-            for events in decode_batch(self.target, requests):
-                for r, tokens in events:
-                    answers[id(r)] += tokens
-            seqs = [r.prompt + answers[id(r)] for r in requests]
-            feats += self._soft_labels(seqs, [len(r.prompt) for r in requests])
-            bar.update(len(requests))
+        bar = tqdm(total=len(ids), desc="target answers" if self.new_tokens else "target labels", unit="prompt",
+                   file=sys.stderr, leave=False)
+        for start in range(0, len(ids), 8):  # 8 prompts decoded (and labelled) together
+            chunk = ids[start:start + 8]
+            if self.new_tokens:  # on-policy: the target writes its answers, labelled where it answered
+                requests = [Request(x, max_new_tokens=self.new_tokens, eos=eos) for x in chunk]
+                answers = {id(r): [] for r in requests}
+                for events in decode_batch(self.target, requests):
+                    for r, tokens in events:
+                        answers[id(r)] += tokens
+                feats += self._soft_labels([r.prompt + answers[id(r)] for r in requests], [len(x) for x in chunk])
+            else:  # off-policy: the texts as they are, labelled at every position
+                feats += self._soft_labels(chunk, [1] * len(chunk))
+            bar.update(len(chunk))
         bar.close()
         return feats
 

@@ -37,8 +37,7 @@ class HeadDistill(DraftDistill):
                          layers=layers, new_tokens=new_tokens)
         self.vocab_limit = vocab
         self.counts: Counter | None = None  # token frequencies of the training sequences (the first encoded)
-        self._counting: Counter | None = None
-        self._out = None  # (vocab ids, their output rows (N, H)) of the model being trained
+        self._out = None  # (vocab ids, index from target id to draft row, output rows (N, H)) of the model
 
     def model_class(self):
         from ..draft_head import DraftHead
@@ -66,10 +65,9 @@ class HeadDistill(DraftDistill):
         return model
 
     def encode(self, prompts):
-        self._counting = Counter() if self.counts is None else None
         feats = super().encode(prompts)
-        if self._counting is not None:
-            self.counts, self._counting = self._counting, None
+        if self.counts is None:  # the training split is encoded first; the vocabulary comes from it
+            self.counts = Counter(t for f in feats for t in f["input_ids"])
         return feats
 
     @torch.no_grad()
@@ -83,8 +81,6 @@ class HeadDistill(DraftDistill):
         for b, (row, seq) in enumerate(zip(rows, seqs, strict=True)):
             row["feats"] = hidden[b, : len(seq)].to(torch.float16)  # (T, H)
             row["answer"] = prompt_lens[b] - 1  # first label position of the answer
-            if self._counting is not None:
-                self._counting.update(seq)
         return rows
 
     def collate(self, feats):
@@ -131,19 +127,25 @@ class HeadDistill(DraftDistill):
         """Two passes: teacher-forced, then reading its own predicted features (EAGLE-3's training-time
         test, simplified: the whole context predicted). Measured here on 320 chatterbot prompts, 6
         epochs: agreement of the second draft 0.20 -> 0.38, of the first unchanged (0.43 / 0.44)."""
-        first, logits = self._predict(model, batch)
-        second, logits2 = self._predict(model, batch, previous=first)
-        return self._loss(model, batch, first, logits, reduction) + self._loss(model, batch, second, logits2, reduction)
+        return self._loss(model, batch, self._passes(model, batch), reduction)
 
-    def _loss(self, model, batch, pred, logits, reduction: str) -> torch.Tensor:
+    def _passes(self, model, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        first = self._predict(model, batch)
+        return [first, self._predict(model, batch, previous=first[0])]
+
+    def _loss(self, model, batch, passes, reduction: str) -> torch.Tensor:
         real = batch["attention_mask"][:, 1:].float()  # (B, T-1): positions with a next token
-        reg = torch.nn.functional.smooth_l1_loss(pred, batch["feats"][:, 1:], reduction="none").mean(-1) * real
-        ids, probs = self._labels(model, batch)
         labelled = (batch["top_p"][:, 1:].sum(-1) > 0).float()  # (B, T-1)
-        ce = -(probs * torch.log_softmax(logits, -1).gather(-1, ids)).sum(-1)  # (B, T-1)
-        if reduction == "sum":
-            return reg.sum() + CE_WEIGHT * ce.sum()
-        return reg.sum() / real.sum().clamp(min=1) + CE_WEIGHT * ce.sum() / labelled.sum().clamp(min=1)
+        ids, probs = self._labels(model, batch)
+        total = 0.0
+        for pred, logits in passes:
+            reg = torch.nn.functional.smooth_l1_loss(pred, batch["feats"][:, 1:], reduction="none").mean(-1) * real
+            ce = -(probs * torch.log_softmax(logits, -1).gather(-1, ids)).sum(-1)  # (B, T-1)
+            if reduction == "sum":
+                total = total + reg.sum() + CE_WEIGHT * ce.sum()
+            else:
+                total = total + reg.sum() / real.sum().clamp(min=1) + CE_WEIGHT * ce.sum() / labelled.sum().clamp(min=1)
+        return total
 
     @torch.no_grad()
     def evaluate(self, model, feats, examples, batch_size=8) -> dict:
@@ -151,8 +153,8 @@ class HeadDistill(DraftDistill):
         loss = 0.0
         for i in range(0, len(feats), batch_size):
             batch = self.collate(feats[i : i + batch_size])
-            first, logits = self._predict(model, batch)
-            _, logits2 = self._predict(model, batch, previous=first)
+            passes = self._passes(model, batch)
+            (_, logits), (_, logits2) = passes
             index, _ = self._rows(model)
             answer = batch["answer"][:, 1:]  # (B, T-1): agreement where the target wrote its own answer
             top = index[batch["top_ids"][:, 1:, 0]]  # (B, T-1): the target's token as a draft row, -1 if absent
@@ -160,7 +162,7 @@ class HeadDistill(DraftDistill):
             agree2 += int(((logits2.argmax(-1) == top) & answer).sum())
             covered += int(((top >= 0) & answer).sum())
             total += int(answer.sum())
-            loss += float(self.loss(model, batch, reduction="sum"))
+            loss += float(self._loss(model, batch, passes, "sum"))
         return {"task": "draft", "agreement": agree / max(total, 1), "agreement_own_features": agree2 / max(total, 1),
                 "loss": loss / max(total, 1),
                 "vocab_coverage": covered / max(total, 1), "positions": total, "soft_label_width": TOP_K}
