@@ -63,9 +63,9 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
         if hasattr(drafters[name], "head"):  # a head: also the same head untrained (before distillation)
             from spectune.draft_head import DraftHead, head_drafter
 
+            source = load(a.model, "fp32") if dtype == "int8" else model  # an int8 model's layers hold no weights
             drafters[f"{name}@init"] = head_drafter(DraftHead.for_target(
-                load(a.model, "fp32"), drafters[name].head.config.num_hidden_layers, drafters[name].head.vocab),
-                model)
+                source, drafters[name].head.config.num_hidden_layers, drafters[name].head.vocab), model)
     extra = {}
     fast = None
     if a.compile:  # a second copy, compiled, so the transformers and eager rows stay eager

