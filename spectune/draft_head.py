@@ -97,15 +97,23 @@ class DraftHead(torch.nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder, use_safetensors: bool = True, **_) -> DraftHead:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
         from transformers import AutoConfig
 
-        meta = json.loads((Path(folder) / "config.json").read_text())
-        body = dict(meta["body"])
-        config = AutoConfig.for_model(body.pop("model_type"), **body)
-        state = load_file(str(Path(folder) / WEIGHTS))
-        head = cls(config, state["vocab"])
-        head.load_state_dict(state)
+        from .errors import SpectuneError
+
+        try:
+            meta = json.loads((Path(folder) / "config.json").read_text())
+            body = dict(meta["body"])
+            config = AutoConfig.for_model(body.pop("model_type"), **body)
+            state = load_file(str(Path(folder) / WEIGHTS))
+            head = cls(config, state["vocab"])
+            head.load_state_dict(state)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:  # missing, cut or foreign
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise SpectuneError(f"not a readable draft head ({type(e).__name__}: {first}); distil it again with "
+                                "`spectune distill --kind head`", where=str(folder)) from None
         return head.eval()
 
 

@@ -14,6 +14,7 @@ from test_decode import sharp_llama
 from spectune.decode.engine import GREEDY, Batch, Request
 from spectune.decode.sampling import Sampling
 from spectune.draft_head import DraftHead, HeadDrafter, head_drafter
+from spectune.errors import SpectuneError
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,6 @@ def test_a_head_saves_and_loads_in_safetensors(target, tmp_path):
     feats, embeds = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
     with torch.no_grad():
         torch.testing.assert_close(back(feats, embeds), head(feats, embeds))
+    (tmp_path / "h/draft_head.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(SpectuneError, match="not a readable draft head"):
+        DraftHead.from_pretrained(tmp_path / "h")
