@@ -66,6 +66,9 @@ class Generator:
             quantize_int8(self.model)
         elif quantize != "none":
             raise SpectuneError(f"got {quantize!r}, expected none or int8", where="quantize")
+        from .decode import lean_llama
+
+        lean_llama.install(self.model)  # the decoding forward for Llama-family models (others keep theirs)
         self.drafter = make_drafter(draft, self.model, model)  # after quantizing: layers:N shares the int8 layers
         self._setup()
         if compile:  # after the drafter: a layers:N draft copies the decoder stack before it is compiled

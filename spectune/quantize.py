@@ -1,11 +1,18 @@
 """`--quantize int8`: weight-only int8 for decoding on CPU.
 
 Decoding one token reads every weight once, so at batch 1 the bytes of weights decide the speed.
-Each nn.Linear's weight is stored as int8 with one fp scale per output row (symmetric, absmax/127)
-and multiplied by torch's `_weight_int8pack_mm` kernel, which reads a quarter of the fp32 bytes.
-That kernel is fast with bf16 activations (measured here on the 49152x576 output layer: fp32
-linear 2.9 ms, int8 with fp32 activations 8.5 ms, int8 with bf16 activations 1.0 ms), so a
-quantized model computes in bf16 around its int8 linears.
+Each nn.Linear's weight is stored as int8 with one fp32 scale per output row (symmetric,
+absmax/127), a quarter of the fp32 bytes. The products go through our own kernel
+(int8_kernel.py): fp32 activations, the rest of the model stays fp32, and a row's result does not
+depend on how many rows are computed with it, so speculative output equals plain output at int8
+as it does at fp32. All int8 weights live in one contiguous buffer in the order the layers run, which
+the hardware prefetcher reads faster than a few hundred separate allocations (measured here:
+about 19-26 GB/s against 16-18 for the same kernel over separate tensors).
+
+Where the kernel cannot be built (no C compiler), torch's `_weight_int8pack_mm` is used instead;
+it is fast only with bf16 activations (49152x576 output layer: int8 with fp32 activations 8.5 ms,
+with bf16 1.0 ms), so that fallback computes in bf16 around its int8 linears, and its verification
+passes round differently from one-token steps (text may part where two tokens tie).
 
 Speculative decoding stays exact *relative to the quantized target*: verification uses the
 quantized model's own logits.
@@ -15,15 +22,18 @@ from __future__ import annotations
 
 import torch
 
+from . import int8_kernel
+
 
 class Int8Linear(torch.nn.Module):
     """y = x @ (scale * W_int8).T + b, with W (out, in) int8 and scale (out,)."""
 
-    # Measured here (576 -> 1536): int8 kernel 0.04 ms at 1 row, 0.78 ms at 64, 2.98 ms at 256;
-    # dequantize + bf16 matmul 0.45 ms whatever the rows up to 64, 0.76 ms at 256.
+    # Passes of this many rows (prefills) multiply dequantized weights instead: torch's kernel costs
+    # grow with every row (576 -> 1536: 0.04 ms at 1 row, 0.78 ms at 64; dequantize + bf16 matmul
+    # 0.45 ms whatever the rows up to 64), and so does ours, more slowly.
     DEQUANTIZE_FROM = 32
 
-    def __init__(self, linear: torch.nn.Linear, act_dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, linear: torch.nn.Linear, act_dtype: torch.dtype = torch.float32):
         super().__init__()
         w = linear.weight.detach().float()  # (out, in)
         scale = (w.abs().amax(1) / 127.0).clamp(min=1e-12)  # (out,)
@@ -36,7 +46,10 @@ class Int8Linear(torch.nn.Module):
         lead = x.shape[:-1]
         rows = x.reshape(-1, self.in_features).to(self.act_dtype)  # (N, in)
         if rows.shape[0] < self.DEQUANTIZE_FROM:
-            y = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scale)  # (N, out)
+            if self.act_dtype == torch.float32:
+                y = int8_kernel.int8_linear(rows, self.weight_int8, self.scale)  # (N, out)
+            else:
+                y = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scale)
         else:  # the kernel's cost grows with every row: a long prompt is faster on dequantized weights
             y = torch.nn.functional.linear(rows, self.weight_int8.to(self.act_dtype) * self.scale[:, None])
         if self.bias is not None:
@@ -48,16 +61,28 @@ class Int8Linear(torch.nn.Module):
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace the model's linear layers in place (the rest moves to bf16); returns the model.
+    """Replace the model's linear layers in place; returns the model. The rest stays fp32 with our
+    kernel, and moves to bf16 with torch's fallback.
 
-    A tied output layer gets its own int8 copy (the embedding lookup keeps the bf16 table, which
-    reads one row per token). Layers whose input width is not a multiple of 8 stay in bf16: the
-    kernel needs it."""
-    model.to(torch.bfloat16)
+    A tied output layer gets its own int8 copy (the embedding lookup keeps the float table, which
+    reads one row per token). With the fallback, layers whose input width is not a multiple of 8
+    stay in bf16: torch's kernel needs it."""
+    act = torch.float32 if int8_kernel.available() else torch.bfloat16
+    model.to(act)
+    layers = []
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Linear) and child.in_features % 8 == 0:
-                setattr(module, name, Int8Linear(child))
+            if isinstance(child, torch.nn.Linear) and (act == torch.float32 or child.in_features % 8 == 0):
+                layers.append(Int8Linear(child, act))
+                setattr(module, name, layers[-1])
+    # One buffer for every weight, in module order (the order a Llama-style layer runs them).
+    flat = torch.empty(sum(m.weight_int8.numel() for m in layers), dtype=torch.int8)
+    start = 0
+    for m in layers:
+        n = m.weight_int8.numel()
+        flat[start:start + n].copy_(m.weight_int8.view(-1))
+        m.weight_int8 = flat[start:start + n].view_as(m.weight_int8)
+        start += n
     model.config.spectune_quantized = "int8"
     return model.eval()
 

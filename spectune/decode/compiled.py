@@ -61,7 +61,7 @@ def compile_model(model) -> torch.nn.Module:
     The wrapper is an attribute of the decoder-stack instance, so `layers:N` drafts, which copy that
     module to run fewer layers, drop it and run eagerly (see drafters.layers_drafter)."""
     inner = decoder_stack(model)
-    if "forward" in inner.__dict__:  # compiled already
+    if inner.__dict__.get("_spectune_compiled"):
         return model
     # Allow more graphs than the default 8 before dynamo gives up and runs eagerly.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
@@ -79,6 +79,7 @@ def compile_model(model) -> torch.nn.Module:
         return compiled(*args, **kwargs)
 
     inner.forward = forward
+    inner.__dict__["_spectune_compiled"] = True
     return model
 
 

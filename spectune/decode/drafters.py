@@ -17,6 +17,7 @@ import copy
 import torch
 
 from ..errors import SpectuneError
+from . import lean_llama
 from .sampling import Sampling, distribution, pick
 
 
@@ -97,8 +98,11 @@ def layers_drafter(target, n: int) -> ModelDrafter:
     inner = copy.copy(target.model)
     inner._modules = dict(target.model._modules)
     # A compiled target (--compile) keeps its compiled forward on this module: bound to the full-depth
-    # original, so the copy drops it and runs its n layers eagerly.
+    # original, so the copy drops it and runs its n layers eagerly, with the lean forward if the
+    # target has it (lean_llama.py).
     inner.__dict__.pop("forward", None)
+    inner.__dict__.pop("_spectune_compiled", None)
+    lean_llama.rebind(target.model, inner)
     inner.config = copy.copy(target.model.config)
     inner.config.num_hidden_layers = n  # the decoder loop runs layers[:num_hidden_layers]
     shallow._modules["model"] = inner

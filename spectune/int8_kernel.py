@@ -1,0 +1,124 @@
+"""The int8 matrix product of `--quantize int8` (spectune/kernels/int8_linear.c), built on first use.
+
+Why a C kernel: torch's weight-only int8 kernels run at about 9-10 GB/s of weights here, bound by
+widening int8 to float rather than by reading memory, which leaves int8 decoding barely faster than
+fp32 (see the C file for the measurements). The kernel is plain C with AVX-512 where the CPU has it
+(a portable loop otherwise), compiled once per machine with the system's C compiler into
+`$SPECTUNE_HOME/kernels/`, and called through ctypes (which releases the GIL).
+
+Inside `torch.compile` the kernel is the custom op `spectune::int8_linear`, which Inductor calls
+between its fused kernels; in eager mode it is called directly (a custom op's dispatch costs more
+than the kernel on the smallest layers).
+
+No compiler (or a failed build): `available()` is False and quantize.py falls back to torch's kernel,
+saying so once on stderr.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).parent / "kernels" / "int8_linear.c"
+_LIB: ctypes.CDLL | None = None
+_FAILED: str | None = None
+THREADS = torch.get_num_threads()
+
+
+def _build_dir() -> Path:
+    from .gguf_convert import spectune_home
+
+    return spectune_home() / "kernels"
+
+
+def _compile(out: Path) -> None:
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    cc = cc.split()[0] if shutil.which(cc.split()[0]) else "cc"
+    torch_lib = Path(torch.__file__).parent / "lib"
+    # Link the libgomp torch itself loaded (by its soname), so both share one OpenMP pool.
+    gomp = ["-L", str(torch_lib), "-l:libgomp.so.1", f"-Wl,-rpath,{torch_lib}"] \
+        if (torch_lib / "libgomp.so.1").exists() else ["-fopenmp"]
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    obj = tmp.with_suffix(".o")
+    try:
+        subprocess.run([cc, "-O3", "-march=native", "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
+                       check=True, capture_output=True, text=True)
+        subprocess.run([cc, "-shared", "-o", str(tmp), str(obj), *gomp], check=True, capture_output=True, text=True)
+        os.replace(tmp, out)
+    finally:
+        obj.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, building it if needed; None when it cannot be built."""
+    global _LIB, _FAILED
+    if _LIB is not None or _FAILED is not None:
+        return _LIB
+    # One build per source text, CPU type and torch install: -march=native code is this machine's.
+    key = hashlib.sha256(SOURCE.read_bytes() + torch.__file__.encode() + _cpu_flags().encode()).hexdigest()[:16]
+    path = _build_dir() / f"int8_linear-{key}.so"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _compile(path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        _FAILED = (detail.strip().splitlines() or ["unknown error"])[0][:200]
+        print(f"spectune: int8 kernel unavailable ({_FAILED}); using torch's slower int8 kernel",
+              file=sys.stderr)
+        return None
+    ptr, num = ctypes.c_void_p, ctypes.c_int
+    lib.int8_linear.argtypes = [ptr, ptr, ptr, ptr, num, num, num, num]
+    lib.int8_linear.restype = None
+    _LIB = lib
+    return lib
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def _run(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
+    _LIB.int8_linear(x.data_ptr(), w.data_ptr(), scale.data_ptr(), y.data_ptr(), x.shape[0], w.shape[1], w.shape[0],
+                     THREADS)
+    return y
+
+
+@torch.library.custom_op("spectune::int8_linear", mutates_args=())
+def _int8_linear_op(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return _run(x, w, scale)
+
+
+@_int8_linear_op.register_fake
+def _(x, w, scale):
+    return x.new_empty(x.shape[0], w.shape[0])
+
+
+def int8_linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (N, in) fp32, w (out, in) int8 contiguous, scale (out,) fp32 -> (N, out) fp32.
+    Call only when available()."""
+    if torch.compiler.is_compiling():
+        return _int8_linear_op(x, w, scale)
+    return _run(x, w, scale)

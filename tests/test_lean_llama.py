@@ -1,0 +1,103 @@
+"""The lean decoding forward (lean_llama.py) and the int8 kernel (int8_kernel.py): the same numbers
+as transformers' forward and as a dequantized product, and the properties speculation relies on."""
+
+import pytest
+import tiny
+import torch
+from test_batch_decode import PROMPTS
+from test_decode import PROMPT, sharp_llama
+
+from spectune import int8_kernel
+from spectune.decode import lean_llama
+from spectune.decode.drafters import LookupDrafter, layers_drafter
+from spectune.decode.engine import decode, decode_batch, forward_batch
+from spectune.decode.ragged_cache import left_pad
+from spectune.quantize import Int8Linear, quantize_int8
+
+
+def test_lean_forward_gives_transformers_logits_prefill_cached_and_ragged():
+    from transformers import DynamicCache
+
+    hf, lean = sharp_llama(), sharp_llama()
+    assert lean_llama.install(lean) and not lean_llama.install(lean)  # once
+    ids, mask = left_pad(PROMPTS, 0)
+    with torch.no_grad():
+        caches = [DynamicCache(config=hf.config), DynamicCache(config=hf.config)]
+        a, _ = forward_batch(hf, ids, mask, caches[0])
+        b, _ = forward_batch(lean, ids, mask, caches[1])
+        rows = mask.bool()  # padding positions' logits are never read
+        torch.testing.assert_close(b[rows], a[rows], atol=1e-5, rtol=1e-5)
+        step = torch.tensor([[3, 4, 5]] * len(PROMPTS))  # a verification pass of three tokens per row
+        mask = torch.cat([mask, torch.ones(len(PROMPTS), 3, dtype=mask.dtype)], 1)
+        for _ in range(2):  # the second pass appends into the spare columns of the first
+            a, _ = forward_batch(hf, step, mask, caches[0])
+            b, _ = forward_batch(lean, step, mask, caches[1])
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+            mask = torch.cat([mask, torch.ones(len(PROMPTS), 3, dtype=mask.dtype)], 1)
+        for la, lb in zip(caches[0].layers, caches[1].layers, strict=True):
+            torch.testing.assert_close(lb.keys, la.keys, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_forward_leaves_weights_unduplicated_and_drafts_at_depth():
+    model = sharp_llama()
+    before = sum(p.numel() for p in model.parameters())
+    lean_llama.install(model)
+    attn = model.model.layers[0].self_attn
+    assert sum(p.numel() for p in model.parameters()) == before
+    # q, k, v are views of the fused weight: one storage, read by one product
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.v_proj.weight.untyped_storage().data_ptr()
+    plain = [t for c in decode(model, PROMPT, max_new_tokens=20) for t in c]
+    draft = layers_drafter(model, 1)
+    assert draft.model.model.forward.__func__ is lean_llama._forward
+    assert [t for c in decode(model, PROMPT, max_new_tokens=20, drafter=draft) for t in c] == plain
+
+
+def test_models_outside_the_lean_layout_keep_their_forward():
+    model = tiny.tiny_llama(attention_bias=True)
+    assert not lean_llama.supported(model) and not lean_llama.install(model)
+    assert "forward" not in model.model.__dict__
+
+
+@pytest.mark.skipif(not int8_kernel.available(), reason="no C compiler")
+@pytest.mark.parametrize("width", [64, 72, 40, 200])
+def test_int8_kernel_matches_the_dequantized_product_and_is_row_independent(width):
+    torch.manual_seed(width)
+    w = torch.randint(-127, 128, (37, width), dtype=torch.int8)
+    scale = torch.rand(37) / 100
+    x = torch.randn(9, width)
+    want = x.double() @ (w.double() * scale.double()[:, None]).T
+    got = int8_kernel.int8_linear(x, w, scale)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    # any row, computed in a pass of any size, is the same bits: verification == one-token steps
+    for rows in range(1, 9):
+        assert torch.equal(int8_kernel.int8_linear(x[:rows], w, scale), got[:rows])
+    assert torch.equal(int8_kernel.int8_linear(x[5:6], w, scale), got[5:6])
+
+
+@pytest.mark.skipif(not int8_kernel.available(), reason="no C compiler")
+def test_int8_lean_speculation_equals_plain_in_a_ragged_batch():
+    model = quantize_int8(sharp_llama())
+    assert next(model.parameters()).dtype == torch.float32  # fp32 around the int8 products
+    assert lean_llama.install(model)
+    from spectune.decode.engine import Request
+
+    def batched(drafter):
+        requests = [Request(p, max_new_tokens=24) for p in PROMPTS]
+        out = {id(r): [] for r in requests}
+        for events in decode_batch(model, requests, drafter=drafter):
+            for r, tokens in events:
+                out[id(r)] += tokens
+        return [out[id(r)] for r in requests]
+
+    alone = [[t for c in decode(model, p, max_new_tokens=24) for t in c] for p in PROMPTS]
+    assert batched(None) == alone
+    assert batched(LookupDrafter()) == alone
+    assert batched(layers_drafter(model, 1)) == alone
+
+
+def test_without_the_kernel_int8_falls_back_to_torch_in_bf16(monkeypatch):
+    monkeypatch.setattr(int8_kernel, "available", lambda: False)
+    model = quantize_int8(sharp_llama())
+    assert isinstance(model.lm_head, Int8Linear) and model.lm_head.act_dtype == torch.bfloat16
+    plain = [t for c in decode(model, PROMPT, max_new_tokens=12) for t in c]
+    assert len(plain) == 12
