@@ -7,7 +7,8 @@ and prompt, rows: transformers `generate` (the reference), transformers with pro
 (`prompt_lookup_num_tokens=10`), our engine plain, with prompt look-up, and with the target's
 first N layers as draft, and each --draft-run (a distilled draft; a draft head also untrained, `@init`,
 for before/after); with --compile also our engine on a compiled copy of the model
-(`--compile`), plain and with look-up. Reported per kind: tokens/s, ratios, tau (tokens per target pass),
+(`--compile`), plain and with look-up. Our rows run on a second copy of the model with our decoding
+forward (lean_llama.py, Llama-family models), transformers' rows on the model as loaded. Reported per kind: tokens/s, ratios, tau (tokens per target pass),
 acceptance, and whether every output equals the reference token for token. Then batch 4 against
 batch 1, and each plain decoder as a fraction of the weight-read bound (bytes of weights per token
 over the memory bandwidth measured in the same run).
@@ -49,29 +50,34 @@ def load(spec: str, dtype: str):
 
 
 def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict]:
+    from spectune.decode import lean_llama
     from spectune.decode.drafters import make_drafter
     from spectune.decode.engine import Metrics, decode
     from spectune.generate import prompt_ids
 
-    model = load(a.model, dtype)
+    model = load(a.model, dtype)  # transformers' rows: its own forward
+    ours_model = load(a.model, dtype)  # our rows: our decoding forward where the model has one
+    lean = lean_llama.install(ours_model)
     eos = {tok.eos_token_id}
     rows, outs = [], {}
-    drafters = {"lookup": make_drafter("lookup", model), f"layers:{a.layers}": make_drafter(f"layers:{a.layers}",
-                                                                                            model)}
+    drafters = {"lookup": make_drafter("lookup", ours_model),
+                f"layers:{a.layers}": make_drafter(f"layers:{a.layers}", ours_model)}
     for name, run in draft_runs(a.draft_run):  # drafts distilled for this target (`spectune distill`)
-        drafters[name] = make_drafter(run, model, a.model)
+        drafters[name] = make_drafter(run, ours_model, a.model)
         if hasattr(drafters[name], "head"):  # a head: also the same head untrained (before distillation)
             from spectune.draft_head import DraftHead, head_drafter
 
             source = load(a.model, "fp32") if dtype == "int8" else model  # an int8 model's layers hold no weights
             drafters[f"{name}@init"] = head_drafter(DraftHead.for_target(
-                source, drafters[name].head.config.num_hidden_layers, drafters[name].head.vocab), model)
+                source, drafters[name].head.config.num_hidden_layers, drafters[name].head.vocab), ours_model)
     extra = {}
     fast = None
     if a.compile:  # a second copy, compiled, so the transformers and eager rows stay eager
         from spectune.decode.compiled import compile_model, warm_up
 
-        fast = compile_model(load(a.model, dtype))
+        fast = load(a.model, dtype)
+        lean_llama.install(fast)
+        fast = compile_model(fast)
         extra["compile_seconds"] = round(warm_up(fast, batched=True, quiet=True), 1)
         print(f"  {dtype}: compiled in {extra['compile_seconds']} s", flush=True)
     for p in prompts:
@@ -84,7 +90,7 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
                                  **extra)
             return out[0, ids.shape[1]:].tolist(), time.perf_counter() - t0, None
 
-        def ours(draft, ids=ids, target=model):
+        def ours(draft, ids=ids, target=ours_model):
             m = Metrics()
             t0 = time.perf_counter()
             out = [t for chunk in decode(target, ids[0].tolist(), max_new_tokens=a.max_new_tokens, eos=eos,
@@ -117,13 +123,13 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
                          "accepted": m.accepted if m else 0})
         print(f"  {dtype} {p['id']:8} " + "  ".join(f"{r['decoder']} {r['new_tokens'] / r['seconds']:.1f}"
                                                    for r in rows[-len(decoders):]), flush=True)
-    batch = batch_rows(model, tok, prompts, outs, rows, a.max_new_tokens, eos, drafters["lookup"])
+    batch = batch_rows(ours_model, tok, prompts, outs, rows, a.max_new_tokens, eos, drafters["lookup"])
     if fast is not None:
         batch.update(batch_rows(fast, tok, prompts, outs, rows, a.max_new_tokens, eos, drafters["lookup"],
                                 "ours compiled"))
     from spectune.quantize import weight_bytes
 
-    return rows, {"weight_bytes": weight_bytes(model), **extra, **batch}
+    return rows, {"weight_bytes": weight_bytes(model), "lean_forward": lean, **extra, **batch}
 
 
 def draft_runs(specs: list[str] | None) -> list[tuple[str, str]]:

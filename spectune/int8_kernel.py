@@ -80,6 +80,8 @@ def library() -> ctypes.CDLL | None:
     ptr, num = ctypes.c_void_p, ctypes.c_int
     lib.int8_linear.argtypes = [ptr, ptr, ptr, ptr, num, num, num, num]
     lib.int8_linear.restype = None
+    lib.int8_dequantize.argtypes = [ptr, ptr, ptr, num, num, num]
+    lib.int8_dequantize.restype = None
     _LIB = lib
     return lib
 
@@ -114,6 +116,15 @@ def _int8_linear_op(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> to
 @_int8_linear_op.register_fake
 def _(x, w, scale):
     return x.new_empty(x.shape[0], w.shape[0])
+
+
+def dequantize(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(out, in) fp32 weights scale * w, for passes long enough that MKL's product wins (prompts)."""
+    if torch.compiler.is_compiling() or _LIB is None:
+        return w.float() * scale[:, None]
+    out = torch.empty(w.shape, dtype=torch.float32)
+    _LIB.int8_dequantize(w.data_ptr(), scale.data_ptr(), out.data_ptr(), w.shape[0], w.shape[1], THREADS)
+    return out
 
 
 def int8_linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,9 @@ class Int8Linear(torch.nn.Module):
             else:
                 y = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scale)
         else:  # the kernel's cost grows with every row: a long prompt is faster on dequantized weights
-            y = torch.nn.functional.linear(rows, self.weight_int8.to(self.act_dtype) * self.scale[:, None])
+            w = int8_kernel.dequantize(self.weight_int8, self.scale) if self.act_dtype == torch.float32 \
+                else self.weight_int8.to(self.act_dtype) * self.scale[:, None]
+            y = torch.nn.functional.linear(rows, w)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*lead, self.out_features)

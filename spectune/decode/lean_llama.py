@@ -29,6 +29,7 @@ import types
 import torch
 import torch.nn.functional as F
 
+from .. import int8_kernel
 from ..quantize import Int8Linear
 
 ARCHITECTURES = {"llama", "mistral"}
@@ -84,11 +85,9 @@ def _project(x: torch.Tensor, fused: tuple) -> torch.Tensor:
     if fused[0] == "int8":
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] < Int8Linear.DEQUANTIZE_FROM:
-            from ..int8_kernel import int8_linear
-
-            y = int8_linear(rows, fused[1], fused[2])
+            y = int8_kernel.int8_linear(rows, fused[1], fused[2])
         else:
-            y = F.linear(rows, fused[1].to(rows.dtype) * fused[2][:, None])
+            y = F.linear(rows, int8_kernel.dequantize(fused[1], fused[2]))
         return y.view(*x.shape[:-1], -1)
     return torch.cat([m(x) for m in fused[1]], -1)
 

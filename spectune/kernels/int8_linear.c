@@ -96,3 +96,14 @@ int int8_linear_vectorised(void) {
     return 0;
 #endif
 }
+
+/* out (O, I) fp32 = scale[o] * W[o, i]: the weights of a long pass (a prompt), multiplied by MKL
+ * afterwards (torch's `w.float() * scale` took 2.5 ms for a 1536x576 layer here, this about 0.2). */
+void int8_dequantize(const int8_t *w, const float *scale, float *out, int out_rows, int in, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int o = 0; o < out_rows; o++) {
+        const int8_t *wr = w + (size_t)o * in;
+        float *dst = out + (size_t)o * in, s = scale[o];
+        for (int i = 0; i < in; i++) dst[i] = (float)wr[i] * s;
+    }
+}
