@@ -51,7 +51,8 @@ def _compile(out: Path) -> None:
     try:
         subprocess.run([cc, "-O3", "-march=native", "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
                        check=True, capture_output=True, text=True)
-        subprocess.run([cc, "-shared", "-o", str(tmp), str(obj), *gomp], check=True, capture_output=True, text=True)
+        subprocess.run([cc, "-shared", "-o", str(tmp), str(obj), *gomp, "-lm"], check=True, capture_output=True,
+                       text=True)
         os.replace(tmp, out)
     finally:
         obj.unlink(missing_ok=True)
@@ -82,6 +83,8 @@ def library() -> ctypes.CDLL | None:
     lib.int8_linear.restype = None
     lib.int8_dequantize.argtypes = [ptr, ptr, ptr, num, num, num]
     lib.int8_dequantize.restype = None
+    lib.int8_layer_op.argtypes = [num, ptr, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, num, num, num, num]
+    lib.int8_layer_op.restype = None
     _LIB = lib
     return lib
 
@@ -133,3 +136,31 @@ def int8_linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.
     if torch.compiler.is_compiling():
         return _int8_linear_op(x, w, scale)
     return _run(x, w, scale)
+
+
+# A decoder layer's products with their neighbours folded in (the C file's int8_layer_op), for the
+# lean forward's eager decoding steps: x (N, in) fp32 contiguous, w (out, in) int8, scale (out,).
+
+
+def norm_linear(x: torch.Tensor, norm: torch.Tensor, eps: float, w: torch.Tensor, scale: torch.Tensor):
+    """rmsnorm(x) @ (scale * w).T -> (N, out)."""
+    y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
+    work = torch.empty(x.shape, dtype=torch.float32)
+    _LIB.int8_layer_op(0, x.data_ptr(), norm.data_ptr(), eps, w.data_ptr(), scale.data_ptr(), y.data_ptr(),
+                       work.data_ptr(), x.shape[0], w.shape[1], w.shape[0], THREADS)
+    return y
+
+
+def linear_add_(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """y += x @ (scale * w).T, in place; returns y (N, out)."""
+    _LIB.int8_layer_op(1, x.data_ptr(), None, 0.0, w.data_ptr(), scale.data_ptr(), y.data_ptr(), None,
+                       x.shape[0], w.shape[1], w.shape[0], THREADS)
+    return y
+
+
+def silu_linear_add_(y: torch.Tensor, gate_up: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """y += (silu(gate) * up) @ (scale * w).T with gate_up = [gate | up] (N, 2 in), in place; returns y."""
+    work = torch.empty(gate_up.shape[0], w.shape[1], dtype=torch.float32)
+    _LIB.int8_layer_op(2, gate_up.data_ptr(), None, 0.0, w.data_ptr(), scale.data_ptr(), y.data_ptr(),
+                       work.data_ptr(), gate_up.shape[0], w.shape[1], w.shape[0], THREADS)
+    return y

@@ -181,9 +181,19 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
     plan = stack.__dict__["_lean_plan"]
     # Under torch.compile the cache stays transformers' own (in-place views would be graph breaks).
     compiling = torch.compiler.is_compiling() or not hasattr(cache, "layers")
-    for i, (n1, qkv, o_proj, n2, gate_up, down, shape) in enumerate(plan[:stack.config.num_hidden_layers]):
+    layers = plan[:stack.config.num_hidden_layers]
+    # Eager int8 decoding steps: the C kernel's layer operations (norm, SiLU-gate and residual add
+    # folded into the products), on x held as one contiguous (B*T, H) block updated in place.
+    folded = (not compiling and batch * new < Int8Linear.DEQUANTIZE_FROM and int8_kernel.available()
+              and all(p[1][0] == p[2][0] == p[4][0] == p[5][0] == "int8" and x.dtype == torch.float32 for p in layers))
+    if folded:
+        x = x.reshape(batch * new, -1).clone()  # (B*T, H): ours to update in place
+    for i, (n1, qkv, o_proj, n2, gate_up, down, shape) in enumerate(layers):
         heads, kv_heads, head_dim, inter, eps1, eps2 = shape
-        y = _project(_rms(x, n1, eps1), qkv)  # (B, T, (heads + 2 kv_heads) D)
+        if folded:
+            y = int8_kernel.norm_linear(x, n1, eps1, *qkv[1:]).view(batch, new, -1)
+        else:
+            y = _project(_rms(x, n1, eps1), qkv)  # (B, T, (heads + 2 kv_heads) D)
         qk = y[..., :(heads + kv_heads) * head_dim].view(batch, new, heads + kv_heads, head_dim).transpose(1, 2)
         qk = qk * cos + qk.roll(half, -1) * sin  # (B, heads + kv_heads, T, D): q's and k's RoPE at once
         q, k = qk[:, :heads], qk[:, heads:]  # (B, heads, T, D), (B, kv_heads, T, D)
@@ -191,9 +201,17 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
         if cache is not None:  # (B, kv_heads, S+T, D)
             k, v = cache.update(k, v, i) if compiling else _append(cache.layers[i], k, v)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv_heads != heads)
-        x = x + _project(att.transpose(1, 2).reshape(batch, new, heads * head_dim), o_proj)
-        g = _project(_rms(x, n2, eps2), gate_up)  # (B, T, 2 I)
-        x = x + _project(F.silu(g[..., :inter]) * g[..., inter:], down)
+        att = att.transpose(1, 2).reshape(batch, new, heads * head_dim)  # (B, T, heads D)
+        if folded:
+            int8_kernel.linear_add_(x, att.reshape(batch * new, -1), *o_proj[1:])
+            g = int8_kernel.norm_linear(x, n2, eps2, *gate_up[1:])  # (B*T, 2 I)
+            int8_kernel.silu_linear_add_(x, g, *down[1:])
+        else:
+            x = x + _project(att, o_proj)
+            g = _project(_rms(x, n2, eps2), gate_up)  # (B, T, 2 I)
+            x = x + _project(F.silu(g[..., :inter]) * g[..., inter:], down)
+    if folded:
+        x = x.view(batch, new, -1)
     return BaseModelOutputWithPast(last_hidden_state=stack.norm(x), cache=cache)
 
 
