@@ -8,7 +8,8 @@ and prompt, rows: transformers `generate` (the reference), transformers with pro
 first N layers as draft, and each --draft-run (a distilled draft; a draft head also untrained, `@init`,
 for before/after); with --compile also our engine on a compiled copy of the model
 (`--compile`), plain and with look-up. Our rows run on a second copy of the model with our decoding
-forward (lean_llama.py, Llama-family models), transformers' rows on the model as loaded. Reported per kind: tokens/s, ratios, tau (tokens per target pass),
+forward (lean_llama.py, Llama-family models), transformers' rows on the model as loaded. Reported
+per kind: tokens/s, ratios, tau (tokens per target pass),
 acceptance, and whether every output equals the reference token for token. Then batch 4 against
 batch 1, and each plain decoder as a fraction of the weight-read bound (bytes of weights per token
 over the memory bandwidth measured in the same run).
