@@ -3,7 +3,7 @@
 Decoding one token reads every weight once, so at batch 1 the bytes of weights decide the speed.
 Each nn.Linear's weight is stored as int8 with one fp32 scale per output row (symmetric,
 absmax/127), a quarter of the fp32 bytes. The products go through our own kernel
-(int8_kernel.py): fp32 activations, the rest of the model stays fp32, and a row's result does not
+(cpu_kernel.py): fp32 activations, the rest of the model stays fp32, and a row's result does not
 depend on how many rows are computed with it, so speculative output equals plain output at int8
 as it does at fp32. All int8 weights live in one contiguous buffer in the order the layers run, which
 the hardware prefetcher reads faster than a few hundred separate allocations (measured here:
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from . import int8_kernel
+from . import cpu_kernel
 
 
 class Int8Linear(torch.nn.Module):
@@ -47,11 +47,11 @@ class Int8Linear(torch.nn.Module):
         rows = x.reshape(-1, self.in_features).to(self.act_dtype)  # (N, in)
         if rows.shape[0] < self.DEQUANTIZE_FROM:
             if self.act_dtype == torch.float32:
-                y = int8_kernel.int8_linear(rows, self.weight_int8, self.scale)  # (N, out)
+                y = cpu_kernel.int8_linear(rows, self.weight_int8, self.scale)  # (N, out)
             else:
                 y = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scale)
         else:  # the kernel's cost grows with every row: a long prompt is faster on dequantized weights
-            w = int8_kernel.dequantize(self.weight_int8, self.scale) if self.act_dtype == torch.float32 \
+            w = cpu_kernel.dequantize(self.weight_int8, self.scale) if self.act_dtype == torch.float32 \
                 else self.weight_int8.to(self.act_dtype) * self.scale[:, None]
             y = torch.nn.functional.linear(rows, w)
         if self.bias is not None:
@@ -69,7 +69,7 @@ def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
     A tied output layer gets its own int8 copy (the embedding lookup keeps the float table, which
     reads one row per token). With the fallback, layers whose input width is not a multiple of 8
     stay in bf16: torch's kernel needs it."""
-    act = torch.float32 if int8_kernel.available() else torch.bfloat16
+    act = torch.float32 if cpu_kernel.available() else torch.bfloat16
     model.to(act)
     layers = []
     for module in list(model.modules()):

@@ -1,4 +1,4 @@
-"""The lean decoding forward (lean_llama.py) and the int8 kernel (int8_kernel.py): the same numbers
+"""The lean decoding forward (lean_llama.py) and the int8 kernel (cpu_kernel.py): the same numbers
 as transformers' forward and as a dequantized product, and the properties speculation relies on."""
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 from test_batch_decode import PROMPTS
 from test_decode import PROMPT, sharp_llama
 
-from spectune import int8_kernel
+from spectune import cpu_kernel
 from spectune.decode import lean_llama
 from spectune.decode.drafters import LookupDrafter, layers_drafter
 from spectune.decode.engine import decode, decode_batch, forward_batch
@@ -58,23 +58,50 @@ def test_models_outside_the_lean_layout_keep_their_forward():
     assert "forward" not in model.model.__dict__
 
 
-@pytest.mark.skipif(not int8_kernel.available(), reason="no C compiler")
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
 @pytest.mark.parametrize("width", [64, 72, 40, 200])
-def test_int8_kernel_matches_the_dequantized_product_and_is_row_independent(width):
+def test_cpu_kernel_matches_the_dequantized_product_and_is_row_independent(width):
     torch.manual_seed(width)
     w = torch.randint(-127, 128, (37, width), dtype=torch.int8)
     scale = torch.rand(37) / 100
     x = torch.randn(9, width)
     want = x.double() @ (w.double() * scale.double()[:, None]).T
-    got = int8_kernel.int8_linear(x, w, scale)
+    got = cpu_kernel.int8_linear(x, w, scale)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
     # any row, computed in a pass of any size, is the same bits: verification == one-token steps
     for rows in range(1, 9):
-        assert torch.equal(int8_kernel.int8_linear(x[:rows], w, scale), got[:rows])
-    assert torch.equal(int8_kernel.int8_linear(x[5:6], w, scale), got[5:6])
+        assert torch.equal(cpu_kernel.int8_linear(x[:rows], w, scale), got[:rows])
+    assert torch.equal(cpu_kernel.int8_linear(x[5:6], w, scale), got[5:6])
 
 
-@pytest.mark.skipif(not int8_kernel.available(), reason="no C compiler")
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
+@pytest.mark.parametrize("weights", ["int8", "fp32"])
+def test_folded_layer_ops_match_torch_and_are_row_independent(weights):
+    torch.manual_seed(1)
+    n_in, n_out, rows = 72, 37, 9
+    if weights == "int8":
+        w, scale = torch.randint(-127, 128, (n_out, n_in), dtype=torch.int8), torch.rand(n_out) / 100
+        dense = w.float() * scale[:, None]
+    else:
+        w, scale = torch.randn(n_out, n_in), None
+        dense = w
+    x, norm, gate_up = torch.randn(rows, n_in), torch.rand(n_in) + 0.5, torch.randn(rows, 2 * n_in)
+    rms = norm * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    cases = {
+        "norm_linear": (lambda a, g: cpu_kernel.norm_linear(a, norm, 1e-5, w, scale), rms @ dense.T),
+        "linear_add_": (lambda a, g: cpu_kernel.linear_add_(torch.ones(a.shape[0], n_out), a, w, scale),
+                        1 + x @ dense.T),
+        "silu_linear_add_": (lambda a, g: cpu_kernel.silu_linear_add_(torch.ones(g.shape[0], n_out), g, w, scale),
+                             1 + (torch.nn.functional.silu(gate_up[:, :n_in]) * gate_up[:, n_in:]) @ dense.T),
+    }
+    for name, (op, want) in cases.items():
+        got = op(x, gate_up)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=name)
+        for n in (1, 2, 5):  # a one-token step and short verification passes: the same bits
+            assert torch.equal(op(x[:n], gate_up[:n]), got[:n]), (name, n)
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
 def test_int8_lean_speculation_equals_plain_in_a_ragged_batch():
     model = quantize_int8(sharp_llama())
     assert next(model.parameters()).dtype == torch.float32  # fp32 around the int8 products
@@ -96,7 +123,7 @@ def test_int8_lean_speculation_equals_plain_in_a_ragged_batch():
 
 
 def test_without_the_kernel_int8_falls_back_to_torch_in_bf16(monkeypatch):
-    monkeypatch.setattr(int8_kernel, "available", lambda: False)
+    monkeypatch.setattr(cpu_kernel, "available", lambda: False)
     model = quantize_int8(sharp_llama())
     assert isinstance(model.lm_head, Int8Linear) and model.lm_head.act_dtype == torch.bfloat16
     plain = [t for c in decode(model, PROMPT, max_new_tokens=12) for t in c]

@@ -29,7 +29,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from .. import int8_kernel
+from .. import cpu_kernel
 from ..quantize import Int8Linear
 
 ARCHITECTURES = {"llama", "mistral"}
@@ -53,7 +53,7 @@ def supported(model) -> bool:
 
 
 def _fuse(linears: list) -> tuple:
-    """One product for several projections of the same input: ("fp", W (sum out, in)) or
+    """One product for several projections of the same input: ("fp", W (sum out, in), None) or
     ("int8", W int8 (sum out, in), scales). The projections are re-pointed at views of the fused
     weight, so nothing is stored twice and a layers:N draft sharing the modules still works."""
     if all(isinstance(m, torch.nn.Linear) for m in linears):
@@ -62,7 +62,7 @@ def _fuse(linears: list) -> tuple:
         for m in linears:
             m.weight.data = fused[start:start + m.out_features]
             start += m.out_features
-        return "fp", fused
+        return "fp", fused, None
     if all(isinstance(m, Int8Linear) and m.act_dtype == torch.float32 for m in linears):
         first, last = linears[0].weight_int8, linears[-1].weight_int8
         # quantize_int8 lays consecutive layers out back to back in one buffer: q, k, v (and gate,
@@ -85,11 +85,15 @@ def _project(x: torch.Tensor, fused: tuple) -> torch.Tensor:
     if fused[0] == "int8":
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] < Int8Linear.DEQUANTIZE_FROM:
-            y = int8_kernel.int8_linear(rows, fused[1], fused[2])
+            y = cpu_kernel.int8_linear(rows, fused[1], fused[2])
         else:
-            y = F.linear(rows, int8_kernel.dequantize(fused[1], fused[2]))
+            y = F.linear(rows, cpu_kernel.dequantize(fused[1], fused[2]))
         return y.view(*x.shape[:-1], -1)
     return torch.cat([m(x) for m in fused[1]], -1)
+
+
+def _foldable(fused: tuple) -> bool:
+    return fused[0] == "int8" or (fused[0] == "fp" and fused[1].dtype == torch.float32)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -182,16 +186,17 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
     # Under torch.compile the cache stays transformers' own (in-place views would be graph breaks).
     compiling = torch.compiler.is_compiling() or not hasattr(cache, "layers")
     layers = plan[:stack.config.num_hidden_layers]
-    # Eager int8 decoding steps: the C kernel's layer operations (norm, SiLU-gate and residual add
-    # folded into the products), on x held as one contiguous (B*T, H) block updated in place.
-    folded = (not compiling and batch * new < Int8Linear.DEQUANTIZE_FROM and int8_kernel.available()
-              and all(p[1][0] == p[2][0] == p[4][0] == p[5][0] == "int8" and x.dtype == torch.float32 for p in layers))
+    # Eager decoding steps (int8 or fp32 weights): the C kernel's layer operations (norm, SiLU gate
+    # and residual adds folded into the products), on x held as one contiguous (B*T, H) block
+    # updated in place. Prompts (long passes) stay with MKL's matrix products.
+    folded = (not compiling and batch * new < Int8Linear.DEQUANTIZE_FROM and x.dtype == torch.float32
+              and all(_foldable(p[j]) for p in layers for j in (1, 2, 4, 5)) and cpu_kernel.available())
     if folded:
         x = x.reshape(batch * new, -1).clone()  # (B*T, H): ours to update in place
     for i, (n1, qkv, o_proj, n2, gate_up, down, shape) in enumerate(layers):
         heads, kv_heads, head_dim, inter, eps1, eps2 = shape
         if folded:
-            y = int8_kernel.norm_linear(x, n1, eps1, *qkv[1:]).view(batch, new, -1)
+            y = cpu_kernel.norm_linear(x, n1, eps1, *qkv[1:]).view(batch, new, -1)
         else:
             y = _project(_rms(x, n1, eps1), qkv)  # (B, T, (heads + 2 kv_heads) D)
         qk = y[..., :(heads + kv_heads) * head_dim].view(batch, new, heads + kv_heads, head_dim).transpose(1, 2)
@@ -203,9 +208,9 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv_heads != heads)
         att = att.transpose(1, 2).reshape(batch, new, heads * head_dim)  # (B, T, heads D)
         if folded:
-            int8_kernel.linear_add_(x, att.reshape(batch * new, -1), *o_proj[1:])
-            g = int8_kernel.norm_linear(x, n2, eps2, *gate_up[1:])  # (B*T, 2 I)
-            int8_kernel.silu_linear_add_(x, g, *down[1:])
+            cpu_kernel.linear_add_(x, att.reshape(batch * new, -1), *o_proj[1:])
+            g = cpu_kernel.norm_linear(x, n2, eps2, *gate_up[1:])  # (B*T, 2 I)
+            cpu_kernel.silu_linear_add_(x, g, *down[1:])
         else:
             x = x + _project(att, o_proj)
             g = _project(_rms(x, n2, eps2), gate_up)  # (B, T, 2 I)

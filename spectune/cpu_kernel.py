@@ -1,10 +1,13 @@
-"""The int8 matrix product of `--quantize int8` (spectune/kernels/int8_linear.c), built on first use.
+"""Our CPU decoding kernels (spectune/kernels/linear.c), built on first use: the int8 product of
+`--quantize int8`, and the folded layer operations the lean forward (decode/lean_llama.py) uses
+for int8 and fp32 weights.
 
-Why a C kernel: torch's weight-only int8 kernels run at about 9-10 GB/s of weights here, bound by
-widening int8 to float rather than by reading memory, which leaves int8 decoding barely faster than
-fp32 (see the C file for the measurements). The kernel is plain C with AVX-512 where the CPU has it
-(a portable loop otherwise), compiled once per machine with the system's C compiler into
-`$SPECTUNE_HOME/kernels/`, and called through ctypes (which releases the GIL).
+Why C: torch's weight-only int8 kernels run at about 9-10 GB/s of weights here, bound by widening
+int8 to float rather than by reading memory, which left int8 decoding barely faster than fp32; and
+at batch 1 a decoding step's dozen small tensor operations per layer cost as much as its products
+(see the C file). The kernels are plain C with AVX-512 where the CPU has it (a portable loop
+otherwise), compiled once per machine with the system's C compiler into `$SPECTUNE_HOME/kernels/`,
+and called through ctypes (which releases the GIL).
 
 Inside `torch.compile` the kernel is the custom op `spectune::int8_linear`, which Inductor calls
 between its fused kernels; in eager mode it is called directly (a custom op's dispatch costs more
@@ -27,10 +30,13 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).parent / "kernels" / "int8_linear.c"
+SOURCE = Path(__file__).parent / "kernels" / "linear.c"
 _LIB: ctypes.CDLL | None = None
 _FAILED: str | None = None
 THREADS = torch.get_num_threads()
+# -ffp-contract=off: the compiler must not fuse a multiply and an add in one code path and not in
+# another, or a row's result would depend on the path (one-token steps vs verification passes).
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC"]
 
 
 def _build_dir() -> Path:
@@ -49,8 +55,7 @@ def _compile(out: Path) -> None:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     obj = tmp.with_suffix(".o")
     try:
-        subprocess.run([cc, "-O3", "-march=native", "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
-                       check=True, capture_output=True, text=True)
+        subprocess.run([cc, *FLAGS, "-c", str(SOURCE), "-o", str(obj)], check=True, capture_output=True, text=True)
         subprocess.run([cc, "-shared", "-o", str(tmp), str(obj), *gomp, "-lm"], check=True, capture_output=True,
                        text=True)
         os.replace(tmp, out)
@@ -64,9 +69,10 @@ def library() -> ctypes.CDLL | None:
     global _LIB, _FAILED
     if _LIB is not None or _FAILED is not None:
         return _LIB
-    # One build per source text, CPU type and torch install: -march=native code is this machine's.
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__file__.encode() + _cpu_flags().encode()).hexdigest()[:16]
-    path = _build_dir() / f"int8_linear-{key}.so"
+    # One build per source text, flags, CPU type and torch install: -march=native code is this machine's.
+    ident = SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__file__.encode() + _cpu_flags().encode()
+    key = hashlib.sha256(ident).hexdigest()[:16]
+    path = _build_dir() / f"linear-{key}.so"
     try:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +81,7 @@ def library() -> ctypes.CDLL | None:
     except (OSError, subprocess.CalledProcessError) as e:
         detail = getattr(e, "stderr", "") or str(e)
         _FAILED = (detail.strip().splitlines() or ["unknown error"])[0][:200]
-        print(f"spectune: int8 kernel unavailable ({_FAILED}); using torch's slower int8 kernel",
+        print(f"spectune: CPU kernels unavailable ({_FAILED}); decoding uses torch's kernels (slower)",
               file=sys.stderr)
         return None
     ptr, num = ctypes.c_void_p, ctypes.c_int
@@ -83,8 +89,8 @@ def library() -> ctypes.CDLL | None:
     lib.int8_linear.restype = None
     lib.int8_dequantize.argtypes = [ptr, ptr, ptr, num, num, num]
     lib.int8_dequantize.restype = None
-    lib.int8_layer_op.argtypes = [num, ptr, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, num, num, num, num]
-    lib.int8_layer_op.restype = None
+    lib.layer_op.argtypes = [num, ptr, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, num, num, num, num]
+    lib.layer_op.restype = None
     _LIB = lib
     return lib
 
@@ -138,29 +144,34 @@ def int8_linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.
     return _run(x, w, scale)
 
 
-# A decoder layer's products with their neighbours folded in (the C file's int8_layer_op), for the
-# lean forward's eager decoding steps: x (N, in) fp32 contiguous, w (out, in) int8, scale (out,).
+# A decoder layer's products with their neighbours folded in (the C file's layer_op), for the lean
+# forward's eager decoding steps: x (N, in) fp32 contiguous; w (out, in) int8 with scale (out,),
+# or fp32 with scale None.
 
 
-def norm_linear(x: torch.Tensor, norm: torch.Tensor, eps: float, w: torch.Tensor, scale: torch.Tensor):
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def norm_linear(x: torch.Tensor, norm: torch.Tensor, eps: float, w: torch.Tensor, scale: torch.Tensor | None):
     """rmsnorm(x) @ (scale * w).T -> (N, out)."""
     y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
     work = torch.empty(x.shape, dtype=torch.float32)
-    _LIB.int8_layer_op(0, x.data_ptr(), norm.data_ptr(), eps, w.data_ptr(), scale.data_ptr(), y.data_ptr(),
-                       work.data_ptr(), x.shape[0], w.shape[1], w.shape[0], THREADS)
+    _LIB.layer_op(0, x.data_ptr(), norm.data_ptr(), eps, w.data_ptr(), _ptr(scale), y.data_ptr(), work.data_ptr(),
+                  x.shape[0], w.shape[1], w.shape[0], THREADS)
     return y
 
 
-def linear_add_(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def linear_add_(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """y += x @ (scale * w).T, in place; returns y (N, out)."""
-    _LIB.int8_layer_op(1, x.data_ptr(), None, 0.0, w.data_ptr(), scale.data_ptr(), y.data_ptr(), None,
-                       x.shape[0], w.shape[1], w.shape[0], THREADS)
+    _LIB.layer_op(1, x.data_ptr(), None, 0.0, w.data_ptr(), _ptr(scale), y.data_ptr(), None,
+                  x.shape[0], w.shape[1], w.shape[0], THREADS)
     return y
 
 
-def silu_linear_add_(y: torch.Tensor, gate_up: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def silu_linear_add_(y: torch.Tensor, gate_up: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None):
     """y += (silu(gate) * up) @ (scale * w).T with gate_up = [gate | up] (N, 2 in), in place; returns y."""
     work = torch.empty(gate_up.shape[0], w.shape[1], dtype=torch.float32)
-    _LIB.int8_layer_op(2, gate_up.data_ptr(), None, 0.0, w.data_ptr(), scale.data_ptr(), y.data_ptr(),
-                       work.data_ptr(), gate_up.shape[0], w.shape[1], w.shape[0], THREADS)
+    _LIB.layer_op(2, gate_up.data_ptr(), None, 0.0, w.data_ptr(), _ptr(scale), y.data_ptr(), work.data_ptr(),
+                  gate_up.shape[0], w.shape[1], w.shape[0], THREADS)
     return y
