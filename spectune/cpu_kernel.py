@@ -89,8 +89,10 @@ def library() -> ctypes.CDLL | None:
     lib.int8_linear.restype = None
     lib.int8_dequantize.argtypes = [ptr, ptr, ptr, num, num, num]
     lib.int8_dequantize.restype = None
-    lib.layer_op.argtypes = [num, ptr, ptr, ctypes.c_float, ptr, ptr, ptr, ptr, num, num, num, num]
+    lib.layer_op.argtypes = [num, ptr, ptr, ctypes.c_float, ptr, num, ptr, ptr, ptr, num, num, num, num]
     lib.layer_op.restype = None
+    lib.float_linear.argtypes = [ptr, ptr, num, ptr, num, num, num, num]
+    lib.float_linear.restype = None
     _LIB = lib
     return lib
 
@@ -145,26 +147,36 @@ def int8_linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.
 
 
 # A decoder layer's products with their neighbours folded in (the C file's layer_op), for the lean
-# forward's eager decoding steps: x (N, in) fp32 contiguous; w (out, in) int8 with scale (out,),
-# or fp32 with scale None.
+# forward's eager decoding steps: x (N, in) fp32 contiguous; w (out, in) contiguous, int8 with
+# scale (out,), or fp32 / bf16 with scale None.
+KINDS = {torch.int8: 0, torch.float32: 1, torch.bfloat16: 2}
 
 
 def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
 
 
+def float_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (N, in) fp32 @ w.T with w (out, in) fp32 or bf16 -> (N, out) fp32 (an output layer)."""
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
+    _LIB.float_linear(x.data_ptr(), w.data_ptr(), KINDS[w.dtype], y.data_ptr(), x.shape[0], w.shape[1], w.shape[0],
+                      THREADS)
+    return y
+
+
 def norm_linear(x: torch.Tensor, norm: torch.Tensor, eps: float, w: torch.Tensor, scale: torch.Tensor | None):
-    """rmsnorm(x) @ (scale * w).T -> (N, out)."""
+    """rmsnorm(x) @ (scale * w).T -> (N, out); norm fp32."""
     y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
     work = torch.empty(x.shape, dtype=torch.float32)
-    _LIB.layer_op(0, x.data_ptr(), norm.data_ptr(), eps, w.data_ptr(), _ptr(scale), y.data_ptr(), work.data_ptr(),
-                  x.shape[0], w.shape[1], w.shape[0], THREADS)
+    _LIB.layer_op(0, x.data_ptr(), norm.data_ptr(), eps, w.data_ptr(), KINDS[w.dtype], _ptr(scale), y.data_ptr(),
+                  work.data_ptr(), x.shape[0], w.shape[1], w.shape[0], THREADS)
     return y
 
 
 def linear_add_(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """y += x @ (scale * w).T, in place; returns y (N, out)."""
-    _LIB.layer_op(1, x.data_ptr(), None, 0.0, w.data_ptr(), _ptr(scale), y.data_ptr(), None,
+    _LIB.layer_op(1, x.data_ptr(), None, 0.0, w.data_ptr(), KINDS[w.dtype], _ptr(scale), y.data_ptr(), None,
                   x.shape[0], w.shape[1], w.shape[0], THREADS)
     return y
 
@@ -172,6 +184,6 @@ def linear_add_(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, scale: torch.
 def silu_linear_add_(y: torch.Tensor, gate_up: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None):
     """y += (silu(gate) * up) @ (scale * w).T with gate_up = [gate | up] (N, 2 in), in place; returns y."""
     work = torch.empty(gate_up.shape[0], w.shape[1], dtype=torch.float32)
-    _LIB.layer_op(2, gate_up.data_ptr(), None, 0.0, w.data_ptr(), _ptr(scale), y.data_ptr(), work.data_ptr(),
-                  gate_up.shape[0], w.shape[1], w.shape[0], THREADS)
+    _LIB.layer_op(2, gate_up.data_ptr(), None, 0.0, w.data_ptr(), KINDS[w.dtype], _ptr(scale), y.data_ptr(),
+                  work.data_ptr(), gate_up.shape[0], w.shape[1], w.shape[0], THREADS)
     return y

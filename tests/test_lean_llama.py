@@ -75,7 +75,7 @@ def test_cpu_kernel_matches_the_dequantized_product_and_is_row_independent(width
 
 
 @pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
-@pytest.mark.parametrize("weights", ["int8", "fp32"])
+@pytest.mark.parametrize("weights", ["int8", "fp32", "bf16"])
 def test_folded_layer_ops_match_torch_and_are_row_independent(weights):
     torch.manual_seed(1)
     n_in, n_out, rows = 72, 37, 9
@@ -83,8 +83,10 @@ def test_folded_layer_ops_match_torch_and_are_row_independent(weights):
         w, scale = torch.randint(-127, 128, (n_out, n_in), dtype=torch.int8), torch.rand(n_out) / 100
         dense = w.float() * scale[:, None]
     else:
-        w, scale = torch.randn(n_out, n_in), None
-        dense = w
+        w, scale = torch.randn(n_out, n_in).to(torch.float32 if weights == "fp32" else torch.bfloat16), None
+        dense = w.float()
+        y = cpu_kernel.float_linear(torch.randn(3, n_in), w)  # an output layer's product
+        assert y.dtype == torch.float32 and y.shape == (3, n_out)
     x, norm, gate_up = torch.randn(rows, n_in), torch.rand(n_in) + 0.5, torch.randn(rows, 2 * n_in)
     rms = norm * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
     cases = {
@@ -102,9 +104,13 @@ def test_folded_layer_ops_match_torch_and_are_row_independent(weights):
 
 
 @pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
-def test_int8_lean_speculation_equals_plain_in_a_ragged_batch():
-    model = quantize_int8(sharp_llama())
-    assert next(model.parameters()).dtype == torch.float32  # fp32 around the int8 products
+@pytest.mark.parametrize("weights", ["int8", "bf16"])
+def test_lean_speculation_equals_plain_in_a_ragged_batch(weights):
+    if weights == "int8":
+        model = quantize_int8(sharp_llama())
+        assert next(model.parameters()).dtype == torch.float32  # fp32 around the int8 products
+    else:
+        model = sharp_llama().to(torch.bfloat16)  # bf16 weights, fp32 activations, attention and cache
     assert lean_llama.install(model)
     from spectune.decode.engine import Request
 

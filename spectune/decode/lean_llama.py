@@ -93,7 +93,7 @@ def _project(x: torch.Tensor, fused: tuple) -> torch.Tensor:
 
 
 def _foldable(fused: tuple) -> bool:
-    return fused[0] == "int8" or (fused[0] == "fp" and fused[1].dtype == torch.float32)
+    return fused[0] == "int8" or (fused[0] == "fp" and fused[1].dtype in FOLDED_DTYPES)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -149,17 +149,20 @@ def _mask(attention_mask: torch.Tensor | None, batch: int, new: int, total: int)
 
 
 def _plan(stack) -> list:
-    """Per layer: (norm 1 weight, qkv, o, norm 2 weight, gate-up, down, shapes), built once."""
+    """Per layer: (norm 1 weight, qkv, o, norm 2 weight, gate-up, down, shapes, fp32 norm weights),
+    built once."""
     config = stack.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     plan = []
     for layer in stack.layers:
         a, mlp = layer.self_attn, layer.mlp
-        plan.append((layer.input_layernorm.weight, _fuse([a.q_proj, a.k_proj, a.v_proj]), _fuse([a.o_proj]),
-                     layer.post_attention_layernorm.weight, _fuse([mlp.gate_proj, mlp.up_proj]), _fuse([mlp.down_proj]),
+        n1, n2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+        plan.append((n1, _fuse([a.q_proj, a.k_proj, a.v_proj]), _fuse([a.o_proj]),
+                     n2, _fuse([mlp.gate_proj, mlp.up_proj]), _fuse([mlp.down_proj]),
                      (config.num_attention_heads, config.num_key_value_heads, head_dim,
                       mlp.gate_proj.out_features, layer.input_layernorm.variance_epsilon,
-                      layer.post_attention_layernorm.variance_epsilon)))
+                      layer.post_attention_layernorm.variance_epsilon),
+                     (n1.detach().float(), n2.detach().float())))
     return plan
 
 
@@ -172,62 +175,82 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
     if cache is None and use_cache is not False:
         cache = DynamicCache(config=stack.config)
     x = stack.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+    dtype = x.dtype
     batch, new = x.shape[:2]
     past = cache.get_seq_length() if cache is not None else 0
     if position_ids is None:
         position_ids = (torch.arange(new) + past)[None].expand(batch, -1)
-    cos, sin = stack.rotary_emb(x, position_ids=position_ids)  # (B, T, D) each
+    plan = stack.__dict__["_lean_plan"]
+    layers = plan[:stack.config.num_hidden_layers]
+    # Under torch.compile the cache stays transformers' own (in-place views would be graph breaks).
+    compiling = torch.compiler.is_compiling() or not hasattr(cache, "layers")
+    # Eager decoding steps: our C kernels' layer operations (norm, SiLU gate and residual adds folded
+    # into the products; int8, fp32 or bf16 weights, fp32 activations), on x held as one contiguous
+    # (B*T, H) fp32 block updated in place. Prompts (long passes) stay with MKL's matrix products.
+    folded = (not compiling and batch * new < Int8Linear.DEQUANTIZE_FROM and x.dtype in FOLDED_DTYPES
+              and all(_foldable(p[j]) for p in layers for j in (1, 2, 4, 5)) and cpu_kernel.available())
+    if folded:
+        x = x.reshape(batch * new, -1).float().clone()  # (B*T, H): ours to update in place
+    cos, sin = stack.rotary_emb(x.float(), position_ids=position_ids)  # (B, T, D) each, fp32
     # RoPE's rotate_half(x) * sin, as roll(x) * (sin with its first half negated): two operations
     # fewer per layer, the same products (a sign flip is exact).
     half = sin.shape[-1] // 2
     cos, sin = cos[:, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, None]  # (B, 1, T, D)
     mask = _mask(attention_mask, batch, new, past + new)
-    plan = stack.__dict__["_lean_plan"]
-    # Under torch.compile the cache stays transformers' own (in-place views would be graph breaks).
-    compiling = torch.compiler.is_compiling() or not hasattr(cache, "layers")
-    layers = plan[:stack.config.num_hidden_layers]
-    # Eager decoding steps (int8 or fp32 weights): the C kernel's layer operations (norm, SiLU gate
-    # and residual adds folded into the products), on x held as one contiguous (B*T, H) block
-    # updated in place. Prompts (long passes) stay with MKL's matrix products.
-    folded = (not compiling and batch * new < Int8Linear.DEQUANTIZE_FROM and x.dtype == torch.float32
-              and all(_foldable(p[j]) for p in layers for j in (1, 2, 4, 5)) and cpu_kernel.available())
-    if folded:
-        x = x.reshape(batch * new, -1).clone()  # (B*T, H): ours to update in place
-    for i, (n1, qkv, o_proj, n2, gate_up, down, shape) in enumerate(layers):
+    for i, (n1, qkv, o_proj, n2, gate_up, down, shape, norms) in enumerate(layers):
         heads, kv_heads, head_dim, inter, eps1, eps2 = shape
         if folded:
-            y = cpu_kernel.norm_linear(x, n1, eps1, *qkv[1:]).view(batch, new, -1)
+            y = cpu_kernel.norm_linear(x, norms[0], eps1, *qkv[1:]).view(batch, new, -1)
         else:
             y = _project(_rms(x, n1, eps1), qkv)  # (B, T, (heads + 2 kv_heads) D)
         qk = y[..., :(heads + kv_heads) * head_dim].view(batch, new, heads + kv_heads, head_dim).transpose(1, 2)
-        qk = qk * cos + qk.roll(half, -1) * sin  # (B, heads + kv_heads, T, D): q's and k's RoPE at once
+        # Attention and the KV cache in fp32 whatever the weights: a bf16 SDPA rounds a pass of k+1
+        # queries differently from one of 1, which would make speculative text part from plain text.
+        qk = (qk * cos + qk.roll(half, -1) * sin).float()  # (B, heads + kv_heads, T, D): q's and k's RoPE
         q, k = qk[:, :heads], qk[:, heads:]  # (B, heads, T, D), (B, kv_heads, T, D)
-        v = y[..., (heads + kv_heads) * head_dim:].view(batch, new, kv_heads, head_dim).transpose(1, 2)
+        v = y[..., (heads + kv_heads) * head_dim:].view(batch, new, kv_heads, head_dim).transpose(1, 2).float()
         if cache is not None:  # (B, kv_heads, S+T, D)
             k, v = cache.update(k, v, i) if compiling else _append(cache.layers[i], k, v)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv_heads != heads)
         att = att.transpose(1, 2).reshape(batch, new, heads * head_dim)  # (B, T, heads D)
         if folded:
-            cpu_kernel.linear_add_(x, att.reshape(batch * new, -1), *o_proj[1:])
-            g = cpu_kernel.norm_linear(x, n2, eps2, *gate_up[1:])  # (B*T, 2 I)
+            cpu_kernel.linear_add_(x, att.reshape(batch * new, -1).float(), *o_proj[1:])
+            g = cpu_kernel.norm_linear(x, norms[1], eps2, *gate_up[1:])  # (B*T, 2 I)
             cpu_kernel.silu_linear_add_(x, g, *down[1:])
         else:
-            x = x + _project(att, o_proj)
+            x = x + _project(att.to(x.dtype), o_proj)
             g = _project(_rms(x, n2, eps2), gate_up)  # (B, T, 2 I)
             x = x + _project(F.silu(g[..., :inter]) * g[..., inter:], down)
     if folded:
-        x = x.view(batch, new, -1)
+        x = x.view(batch, new, -1).to(dtype)
     return BaseModelOutputWithPast(last_hidden_state=stack.norm(x), cache=cache)
 
 
+FOLDED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _head_forward(head, x: torch.Tensor) -> torch.Tensor:
+    """The output layer of a decoding step through our kernel (fp32 or bf16 weights, fp32 logits);
+    prompts and everything else through F.linear."""
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] < Int8Linear.DEQUANTIZE_FROM and not torch.compiler.is_compiling() and cpu_kernel.available():
+        return cpu_kernel.float_linear(rows.float(), head.weight).view(*x.shape[:-1], -1)
+    return F.linear(x, head.weight, head.bias)
+
+
 def install(model) -> bool:
-    """Give the model's decoder stack the lean forward (in place); False, and nothing changed, when the
-    model does not qualify or has a forward of its own already (a compiled stack)."""
+    """Give the model's decoder stack the lean forward, and a float output layer our kernel (in place);
+    False, and nothing changed, when the model does not qualify or has a forward of its own already
+    (a compiled stack)."""
     if not supported(model) or "forward" in model.model.__dict__:
         return False
     stack = model.model
     stack.__dict__["_lean_plan"] = _plan(stack)
     stack.forward = types.MethodType(_forward, stack)
+    head = model.get_output_embeddings()
+    if (type(head) is torch.nn.Linear and head.bias is None and head.weight.dtype in FOLDED_DTYPES
+            and head.weight.is_contiguous()):
+        head.forward = types.MethodType(_head_forward, head)
     return True
 
 

@@ -1,5 +1,5 @@
-/* Matrix products for decoding on CPU, int8 or fp32 weights, fp32 activations and results:
- *   y (M, O) = x (M, I) @ (scale (O,) * W (O, I)).T    (fp32 weights: no scale)
+/* Matrix products for decoding on CPU, int8, fp32 or bf16 weights, fp32 activations and results:
+ *   y (M, O) = x (M, I) @ (scale (O,) * W (O, I)).T    (float weights: no scale)
  * and a decoder layer's products with their neighbours folded in (layer_op below).
  *
  * Why by hand: at batch 1 a decoding step is matrix-vector products bound by reading the weights.
@@ -30,10 +30,22 @@
 #define INLINE static inline __attribute__((always_inline))
 
 #ifdef __AVX512F__
-/* Elements i..i+63 of a weight row as four vectors of 16 floats; `fp` = fp32 weights, else int8.
- * Called with a constant `fp`, so each product below is compiled once per weight type. */
+/* Weight kinds: INT8 (with a scale per output), FP32, BF16 (the top half of an fp32). */
+enum { INT8 = 0, FP32 = 1, BF16 = 2 };
+
+/* Elements i..i+63 of a weight row as four vectors of 16 floats. Called with a constant kind `fp`,
+ * so each product below is compiled once per weight type. */
 INLINE void load64(const void *w, size_t i, int fp, __m512 v[4]) {
-    if (fp) {
+    if (fp == BF16) {
+        const uint16_t *h = (const uint16_t *)w + i;
+        _mm_prefetch((const char *)h + PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)h + PREFETCH + 64, _MM_HINT_T0);
+        __m512i lo = _mm512_loadu_si512((const void *)h), hi = _mm512_loadu_si512((const void *)(h + 32));
+        v[0] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(lo)), 16));
+        v[1] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(lo, 1)), 16));
+        v[2] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(hi)), 16));
+        v[3] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(hi, 1)), 16));
+    } else if (fp == FP32) {
         const float *f = (const float *)w + i;
         _mm_prefetch((const char *)f + PREFETCH, _MM_HINT_T0);
         _mm_prefetch((const char *)f + PREFETCH + 64, _MM_HINT_T0);
@@ -52,13 +64,23 @@ INLINE void load64(const void *w, size_t i, int fp, __m512 v[4]) {
 }
 
 INLINE __m512 load16(const void *w, size_t i, int fp) {
-    return fp ? _mm512_loadu_ps((const float *)w + i)
-              : _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)w + i))));
+    if (fp == BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i))), 16));
+    return fp == FP32 ? _mm512_loadu_ps((const float *)w + i)
+                      : _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)w + i))));
 }
+#endif
 
 INLINE float weight(const void *w, size_t i, int fp) {
-    return fp ? ((const float *)w)[i] : (float)((const int8_t *)w)[i];
+    if (fp == BF16) {
+        union { uint32_t u; float f; } b = {(uint32_t)((const uint16_t *)w)[i] << 16};
+        return b.f;
+    }
+    return fp == FP32 ? ((const float *)w)[i] : (float)((const int8_t *)w)[i];
 }
+
+#ifdef __AVX512F__
 
 /* The one reduction every output gets: 4 accumulators -> 1 vector -> 1 float, then the scalar tail. */
 INLINE float finish(__m512 a[4], const float *x, const void *w, int from, int n, int fp) {
@@ -91,7 +113,7 @@ INLINE void dot4(const float *x, const void *w, size_t ldw, int n, float *out, i
     __m512 acc[4][4], v[4];
     for (int r = 0; r < 4; r++)
         for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
-    size_t es = fp ? 4 : 1;
+    size_t es = fp == FP32 ? 4 : fp == BF16 ? 2 : 1;
     int i = 0;
     for (; i + 64 <= n; i += 64) {
         __m512 xs[4];
@@ -111,13 +133,13 @@ INLINE void dot4(const float *x, const void *w, size_t ldw, int n, float *out, i
 INLINE void dot_rows(const float *x, size_t ldx, int rows, const void *w, int n, float *out, int fp) {
     for (int r = 0; r < rows; r++) {
         float s = 0.0f;
-        for (int t = 0; t < n; t++) s += x[r * ldx + t] * (fp ? ((const float *)w)[t] : (float)((const int8_t *)w)[t]);
+        for (int t = 0; t < n; t++) s += x[r * ldx + t] * weight(w, t, fp);
         out[r] = s;
     }
 }
 
 INLINE void dot4(const float *x, const void *w, size_t ldw, int n, float *out, int fp) {
-    size_t es = fp ? 4 : 1;
+    size_t es = fp == FP32 ? 4 : fp == BF16 ? 2 : 1;
     for (int r = 0; r < 4; r++) dot_rows(x, 0, 1, (const char *)w + r * ldw * es, n, out + r, fp);
 }
 #endif
@@ -125,7 +147,7 @@ INLINE void dot4(const float *x, const void *w, size_t ldw, int n, float *out, i
 /* y = x @ (scale * W).T, or with `accumulate` y += that (a residual add in the same pass over y). */
 INLINE void product(const float *x, const void *w, const float *scale, float *y, int m, int in, int out,
                     int accumulate, int threads, int fp) {
-    size_t es = fp ? 4 : 1;
+    size_t es = fp == FP32 ? 4 : fp == BF16 ? 2 : 1;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int ob = 0; ob < (out + OUT_BLOCK - 1) / OUT_BLOCK; ob++) {
         int o_end = (ob + 1) * OUT_BLOCK < out ? (ob + 1) * OUT_BLOCK : out;
@@ -156,12 +178,17 @@ INLINE void product(const float *x, const void *w, const float *scale, float *y,
 
 static void product_int8(const float *x, const void *w, const float *scale, float *y, int m, int in, int out,
                          int accumulate, int threads) {
-    product(x, w, scale, y, m, in, out, accumulate, threads, 0);
+    product(x, w, scale, y, m, in, out, accumulate, threads, INT8);
 }
 
 static void product_fp32(const float *x, const void *w, float *y, int m, int in, int out, int accumulate,
                          int threads) {
-    product(x, w, NULL, y, m, in, out, accumulate, threads, 1);
+    product(x, w, NULL, y, m, in, out, accumulate, threads, FP32);
+}
+
+static void product_bf16(const float *x, const void *w, float *y, int m, int in, int out, int accumulate,
+                         int threads) {
+    product(x, w, NULL, y, m, in, out, accumulate, threads, BF16);
 }
 
 void int8_linear(const float *x, const int8_t *w, const float *scale, float *y, int m, int in, int out,
@@ -176,8 +203,8 @@ void int8_linear(const float *x, const int8_t *w, const float *scale, float *y, 
  *   mode 1: y += x @ W.T                 (the attention output's projection and the residual add)
  *   mode 2: y += (silu(g) * u) @ W.T     (x = [g | u], (m, 2 in): the MLP's down projection and add)
  * Modes 0 and 2 prepare their input into `work` (m, in) first, one row at a time, the same way
- * whatever m is. `scale` NULL: W is fp32 (O, I), else int8 with a scale per output. */
-void layer_op(int mode, const float *x, const float *norm, float eps, const void *w, const float *scale,
+ * whatever m is. `kind`: INT8 (W int8 with `scale`, one per output), FP32 or BF16 (no scale). */
+void layer_op(int mode, const float *x, const float *norm, float eps, const void *w, int kind, const float *scale,
               float *y, float *work, int m, int in, int out, int threads) {
     for (int r = 0; r < m; r++) {
         float *dst = work + (size_t)r * in;
@@ -193,10 +220,20 @@ void layer_op(int mode, const float *x, const float *norm, float eps, const void
         }
     }
     const float *in_rows = mode == 1 ? x : work;
-    if (scale)
+    if (kind == INT8)
         product_int8(in_rows, w, scale, y, m, in, out, mode != 0, threads);
+    else if (kind == BF16)
+        product_bf16(in_rows, w, y, m, in, out, mode != 0, threads);
     else
         product_fp32(in_rows, w, y, m, in, out, mode != 0, threads);
+}
+
+/* y = x @ W.T for fp32 or bf16 weights (an output layer): fp32 x and y. */
+void float_linear(const float *x, const void *w, int kind, float *y, int m, int in, int out, int threads) {
+    if (kind == BF16)
+        product_bf16(x, w, y, m, in, out, 0, threads);
+    else
+        product_fp32(x, w, y, m, in, out, 0, threads);
 }
 
 /* out (O, I) fp32 = scale[o] * W[o, i]: the weights of a long pass (a prompt), multiplied by MKL
