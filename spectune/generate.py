@@ -4,6 +4,7 @@ decoding itself is our engine's (decode/engine.py), plain or speculative."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -66,12 +67,18 @@ class Generator:
             quantize_int8(self.model)
         elif quantize != "none":
             raise SpectuneError(f"got {quantize!r}, expected none or int8", where="quantize")
+        from . import cpu_kernel
         from .decode import lean_llama
 
-        lean_llama.install(self.model)  # the decoding forward for Llama-family models (others keep theirs)
+        lean = lean_llama.install(self.model)  # the decoding forward for Llama-family models (others keep theirs)
         self.drafter = make_drafter(draft, self.model, model)  # after quantizing: layers:N shares the int8 layers
         self._setup()
-        if compile:  # after the drafter: a layers:N draft copies the decoder stack before it is compiled
+        if compile and lean and cpu_kernel.available():
+            # Measured here (bench/decode.py): the lean forward's folded kernels decode SmolLM2 about
+            # 1.5x faster than a compiled forward, which has to leave them out (they are C calls).
+            print("spectune: --compile not needed: the lean forward's kernels decode faster than a compiled forward",
+                  file=sys.stderr)
+        elif compile:  # after the drafter: a layers:N draft copies the decoder stack before it is compiled
             from .decode.compiled import compile_model, warm_up
 
             compile_model(self.model)
