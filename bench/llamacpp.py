@@ -4,9 +4,10 @@ The issue's moonshot: our fastest exact setting against llama.cpp's plain decodi
 prompts. llama.cpp runs the embedded model's own Q4_1 GGUF (SmolLM2-135M-Instruct, the file our
 `smollm2-135m` alias dequantizes), greedy (top-k 1), 2 threads, its cache reset before each
 prompt; our rows run the same weights dequantized. Rows, per kind, on the same prompts as
-bench/decode.py: transformers fp32 `generate` (the reference), llama.cpp, ours fp32 + --compile +
-look-up (our fastest exact setting: same text as our fp32 plain decoding) and ours int8 +
---compile + look-up (our fastest). Tokens/s include each prompt's prefill, as in bench/decode.py.
+bench/decode.py: transformers fp32 `generate` (the reference), llama.cpp, and our engine (lean
+forward, decode/lean_llama.py) plain and with prompt look-up at fp32, bf16 and int8; `exact` says
+whether every look-up output equals the same setting's plain output token for token. Tokens/s
+include each prompt's prefill, as in bench/decode.py.
 
 llama-cpp-python is not a project dependency: it compiles llama.cpp from source (about five
 minutes here) in the bench's environment. Its default native build crashed on this machine's
@@ -40,7 +41,7 @@ def main() -> None:
     except ImportError:
         raise SystemExit("llama-cpp-python is not installed: see this script's docstring for the install "
                          "command (it compiles llama.cpp, about five minutes)") from None
-    from spectune.decode.compiled import compile_model, warm_up
+    from spectune.decode import lean_llama
     from spectune.decode.drafters import LookupDrafter
     from spectune.decode.engine import decode
     from spectune.generate import prompt_ids
@@ -55,11 +56,10 @@ def main() -> None:
     gguf = alias_source(ALIASES["smollm2-135m"])
     llm = llama_cpp.Llama(model_path=str(gguf), n_threads=a.threads, n_ctx=2048, verbose=False)
     hf = load("smollm2-135m", "fp32")
-    fast = {}
-    compile_seconds = {}
-    for dtype in ("fp32", "int8"):
-        fast[dtype] = compile_model(load("smollm2-135m", dtype))
-        compile_seconds[dtype] = round(warm_up(fast[dtype], quiet=True), 1)
+    ours_models = {}
+    for dtype in ("fp32", "bf16", "int8"):
+        ours_models[dtype] = load("smollm2-135m", dtype)
+        assert lean_llama.install(ours_models[dtype])
 
     def llama(ids: list[int]):
         llm.reset()
@@ -78,17 +78,19 @@ def main() -> None:
                           eos_token_id=eos, pad_token_id=tok.pad_token_id)
         return out[0, len(ids):].tolist(), time.perf_counter() - t0
 
-    def ours(dtype: str):
+    def ours(dtype: str, lookup: bool):
         def run(ids: list[int]):
             t0 = time.perf_counter()
-            out = [t for c in decode(fast[dtype], ids, max_new_tokens=a.max_new_tokens, eos={eos},
-                                     drafter=LookupDrafter()) for t in c]
+            out = [t for c in decode(ours_models[dtype], ids, max_new_tokens=a.max_new_tokens, eos={eos},
+                                     drafter=LookupDrafter() if lookup else None) for t in c]
             return out, time.perf_counter() - t0
         return run
 
-    decoders = {"transformers fp32": transformers, "llama.cpp Q4_1": llama,
-                "ours fp32 compiled+lookup": ours("fp32"), "ours int8 compiled+lookup": ours("int8")}
-    rows = []
+    decoders = {"transformers fp32": transformers, "llama.cpp Q4_1": llama}
+    for dtype in ("fp32", "bf16", "int8"):
+        decoders[f"ours {dtype}"] = ours(dtype, False)
+        decoders[f"ours {dtype}+lookup"] = ours(dtype, True)
+    rows, outs = [], {}
     with torch.no_grad():
         for fn in decoders.values():  # warm-up: first calls allocate
             fn(prompt_ids(tok, prompts[0]["messages"])[0].tolist()[:16])
@@ -97,8 +99,10 @@ def main() -> None:
             line = []
             for name, fn in decoders.items():
                 out, seconds = fn(ids)
+                outs[p["id"], name] = out
+                plain = outs.get((p["id"], name.removesuffix("+lookup")))
                 rows.append({"kind": p["kind"], "id": p["id"], "decoder": name, "new_tokens": len(out),
-                             "seconds": round(seconds, 4)})
+                             "seconds": round(seconds, 4), "exact": out == plain if name.startswith("ours") else None})
                 line.append(f"{name} {len(out) / seconds:.1f}")
             print(f"  {p['id']:8} " + "  ".join(line), flush=True)
 
@@ -109,19 +113,22 @@ def main() -> None:
             rs = [r for r in rows if r["decoder"] == name and (kind == "all" or r["kind"] == kind)]
             rate[kind, name] = sum(r["new_tokens"] for r in rs) / sum(r["seconds"] for r in rs)
     print(f"\nSmolLM2-135M-Instruct, greedy, batch 1, at most {a.max_new_tokens} new tokens, {a.per_kind} prompts "
-          f"per kind, {a.threads} threads, {os.cpu_count()} CPU cores; compiling took {compile_seconds} s")
+          f"per kind, {a.threads} threads, {os.cpu_count()} CPU cores")
     print("| kind | " + " | ".join(decoders) + " |\n|---|" + "---|" * len(decoders))
     for kind in kinds + ["all"]:
         cells = [f"{rate[kind, n]:.1f} ({rate[kind, n] / rate[kind, 'transformers fp32']:.2f}x; "
                  f"{rate[kind, n] / rate[kind, 'llama.cpp Q4_1']:.2f}x llama.cpp)" for n in decoders]
         print(f"| {kind} | " + " | ".join(cells) + " |")
+    exact = {n: all(r["exact"] for r in rows if r["decoder"] == n) for n in decoders if n.endswith("+lookup")}
+    print("look-up output equal to the same setting's plain output on every prompt: "
+          + ", ".join(f"{n}: {'yes' if e else 'NO'}" for n, e in exact.items()))
     summary = [{"kind": k, "decoder": n, "tokens_per_s": rate[k, n],
                 "vs_transformers_fp32": rate[k, n] / rate[k, "transformers fp32"],
                 "vs_llama_cpp": rate[k, n] / rate[k, "llama.cpp Q4_1"]} for k in kinds + ["all"] for n in decoders]
     Path(a.json).write_text(json.dumps({"llama_cpp_python": llama_cpp.__version__, "gguf": gguf.name,
                                         "threads": a.threads, "max_new_tokens": a.max_new_tokens,
-                                        "per_kind": a.per_kind, "compile_seconds": compile_seconds,
-                                        "summary": summary, "rows": rows, "date": time.strftime("%Y-%m-%d")},
+                                        "per_kind": a.per_kind, "exact": exact, "summary": summary, "rows": rows,
+                                        "date": time.strftime("%Y-%m-%d")},
                                        indent=1))
     print(f"written to {a.json}")
 
