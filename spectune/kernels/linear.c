@@ -84,67 +84,56 @@ INLINE float weight(const void *w, size_t i, int fp) {
     return fp == FP32 ? ((const float *)w)[i] : (float)((const int8_t *)w)[i];
 }
 
+/* A tile of up to 4 weight rows (w, w + ldw, ...) against up to 4 rows of x (x, x + ldx, ...):
+ * every weight chunk is widened once for all x rows, and the weight rows are four streams in
+ * flight. Each (x row, weight row) pair has one accumulator and gets the same operations in the
+ * same order whatever the tile's shape: per 64 elements four FMAs, then a 16-element tail, the
+ * vector reduction and a scalar tail. So a result does not depend on m (verification pass or
+ * one-token step), on its place in a tile, or on the thread that computes it. */
 #ifdef __AVX512F__
-
-/* The one reduction every output gets: 4 accumulators -> 1 vector -> 1 float, then the scalar tail. */
-INLINE float finish(__m512 a[4], const float *x, const void *w, int from, int n, int fp) {
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
-    for (int t = from; t < n; t++) s += x[t] * weight(w, t, fp);
-    return s;
-}
-
-/* One weight row (w) against `rows` (1..4) rows of x. */
-INLINE void dot_rows(const float *x, size_t ldx, int rows, const void *w, int n, float *out, int fp) {
-    __m512 acc[4][4], v[4];
-    for (int r = 0; r < 4; r++)
-        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 64 <= n; i += 64) {
-        load64(w, i, fp, v);
-        for (int r = 0; r < rows; r++)
-            for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(v[j], _mm512_loadu_ps(x + r * ldx + i + 16 * j), acc[r][j]);
-    }
-    for (; i + 16 <= n; i += 16) {
-        __m512 w0 = load16(w, i, fp);
-        for (int r = 0; r < rows; r++) acc[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + r * ldx + i), acc[r][0]);
-    }
-    for (int r = 0; r < rows; r++) out[r] = finish(acc[r], x + r * ldx, w, i, n, fp);
-}
-
-/* One row of x against four weight rows (w, w + ldw, ...): the one-token step. Each output gets
- * exactly the operations dot_rows gives it. */
-INLINE void dot4(const float *x, const void *w, size_t ldw, int n, float *out, int fp) {
-    __m512 acc[4][4], v[4];
-    for (int r = 0; r < 4; r++)
-        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+INLINE void tile(const float *x, size_t ldx, int xr, const void *w, size_t ldw, int wr, int n, float out[4][4],
+                 int fp) {
+    __m512 acc[4][4];
     size_t es = fp == FP32 ? 4 : fp == BF16 ? 2 : 1;
+    for (int r = 0; r < 4; r++)
+        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
     int i = 0;
     for (; i + 64 <= n; i += 64) {
-        __m512 xs[4];
-        for (int j = 0; j < 4; j++) xs[j] = _mm512_loadu_ps(x + i + 16 * j);
-        for (int r = 0; r < 4; r++) {
+        for (int r = 0; r < wr; r++) {
+            __m512 v[4];
             load64((const char *)w + r * ldw * es, i, fp, v);
-            for (int j = 0; j < 4; j++) acc[r][j] = _mm512_fmadd_ps(v[j], xs[j], acc[r][j]);
+            for (int j = 0; j < xr; j++) {
+                const float *xj = x + j * ldx + i;
+                __m512 a = acc[r][j];
+                a = _mm512_fmadd_ps(v[0], _mm512_loadu_ps(xj), a);
+                a = _mm512_fmadd_ps(v[1], _mm512_loadu_ps(xj + 16), a);
+                a = _mm512_fmadd_ps(v[2], _mm512_loadu_ps(xj + 32), a);
+                acc[r][j] = _mm512_fmadd_ps(v[3], _mm512_loadu_ps(xj + 48), a);
+            }
         }
     }
-    for (; i + 16 <= n; i += 16) {
-        __m512 x0 = _mm512_loadu_ps(x + i);
-        for (int r = 0; r < 4; r++) acc[r][0] = _mm512_fmadd_ps(load16((const char *)w + r * ldw * es, i, fp), x0, acc[r][0]);
-    }
-    for (int r = 0; r < 4; r++) out[r] = finish(acc[r], x, (const char *)w + r * ldw * es, i, n, fp);
+    for (; i + 16 <= n; i += 16)
+        for (int r = 0; r < wr; r++) {
+            __m512 v = load16((const char *)w + r * ldw * es, i, fp);
+            for (int j = 0; j < xr; j++) acc[r][j] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + j * ldx + i), acc[r][j]);
+        }
+    for (int r = 0; r < wr; r++)
+        for (int j = 0; j < xr; j++) {
+            float s = _mm512_reduce_add_ps(acc[r][j]);
+            for (int t = i; t < n; t++) s += x[j * ldx + t] * weight((const char *)w + r * ldw * es, t, fp);
+            out[r][j] = s;
+        }
 }
 #else
-INLINE void dot_rows(const float *x, size_t ldx, int rows, const void *w, int n, float *out, int fp) {
-    for (int r = 0; r < rows; r++) {
-        float s = 0.0f;
-        for (int t = 0; t < n; t++) s += x[r * ldx + t] * weight(w, t, fp);
-        out[r] = s;
-    }
-}
-
-INLINE void dot4(const float *x, const void *w, size_t ldw, int n, float *out, int fp) {
+INLINE void tile(const float *x, size_t ldx, int xr, const void *w, size_t ldw, int wr, int n, float out[4][4],
+                 int fp) {
     size_t es = fp == FP32 ? 4 : fp == BF16 ? 2 : 1;
-    for (int r = 0; r < 4; r++) dot_rows(x, 0, 1, (const char *)w + r * ldw * es, n, out + r, fp);
+    for (int r = 0; r < wr; r++)
+        for (int j = 0; j < xr; j++) {
+            float s = 0.0f;
+            for (int t = 0; t < n; t++) s += x[j * ldx + t] * weight((const char *)w + r * ldw * es, t, fp);
+            out[r][j] = s;
+        }
 }
 #endif
 
@@ -155,26 +144,19 @@ INLINE void product(const float *x, const void *w, const float *scale, float *y,
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int ob = 0; ob < (out + OUT_BLOCK - 1) / OUT_BLOCK; ob++) {
         int o_end = (ob + 1) * OUT_BLOCK < out ? (ob + 1) * OUT_BLOCK : out;
-        float d[4];
-        int o = ob * OUT_BLOCK;
-        if (m == 1) {
-            for (; o + 4 <= o_end; o += 4) {
-                dot4(x, (const char *)w + (size_t)o * in * es, (size_t)in, in, d, fp);
-                for (int r = 0; r < 4; r++) {
-                    float v = scale ? d[r] * scale[o + r] : d[r];
-                    y[o + r] = accumulate ? y[o + r] + v : v;
-                }
-            }
-        }
-        for (; o < o_end; o++) {
+        float d[4][4];
+        for (int o = ob * OUT_BLOCK; o < o_end; o += 4) {
+            int wr = o_end - o < 4 ? o_end - o : 4;
             for (int r0 = 0; r0 < m; r0 += 4) {
-                int rows = m - r0 < 4 ? m - r0 : 4;
-                dot_rows(x + (size_t)r0 * in, (size_t)in, rows, (const char *)w + (size_t)o * in * es, in, d, fp);
-                for (int r = 0; r < rows; r++) {
-                    float v = scale ? d[r] * scale[o] : d[r];
-                    size_t at = (size_t)(r0 + r) * out + o;
-                    y[at] = accumulate ? y[at] + v : v;
-                }
+                int xr = m - r0 < 4 ? m - r0 : 4;
+                tile(x + (size_t)r0 * in, (size_t)in, xr, (const char *)w + (size_t)o * in * es, (size_t)in, wr, in,
+                     d, fp);
+                for (int r = 0; r < wr; r++)
+                    for (int j = 0; j < xr; j++) {
+                        float v = scale ? d[r][j] * scale[o + r] : d[r][j];
+                        size_t at = (size_t)(r0 + j) * out + o + r;
+                        y[at] = accumulate ? y[at] + v : v;
+                    }
             }
         }
     }
