@@ -84,19 +84,19 @@ INLINE float weight(const void *w, size_t i, int fp) {
     return fp == FP32 ? ((const float *)w)[i] : (float)((const int8_t *)w)[i];
 }
 
-/* A tile of up to 4 weight rows (w, w + ldw, ...) against up to 4 rows of x (x, x + ldx, ...):
+/* A tile of weight rows (w, w + ldw, ...) against rows of x (x, x + ldx, ...), at most 16 pairs:
  * every weight chunk is widened once for all x rows, and the weight rows are four streams in
  * flight. Each (x row, weight row) pair has one accumulator and gets the same operations in the
  * same order whatever the tile's shape: per 64 elements four FMAs, then a 16-element tail, the
  * vector reduction and a scalar tail. So a result does not depend on m (verification pass or
  * one-token step), on its place in a tile, or on the thread that computes it. */
 #ifdef __AVX512F__
-INLINE void tile(const float *x, size_t ldx, int xr, const void *w, size_t ldw, int wr, int n, float out[4][4],
+INLINE void tile(const float *x, size_t ldx, int xr, const void *w, size_t ldw, int wr, int n, float out[4][8],
                  int fp) {
-    __m512 acc[4][4];
+    __m512 acc[4][8];
     size_t es = fp == FP32 ? 4 : fp == BF16 ? 2 : 1;
-    for (int r = 0; r < 4; r++)
-        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+    for (int r = 0; r < wr; r++)
+        for (int j = 0; j < xr; j++) acc[r][j] = _mm512_setzero_ps();
     int i = 0;
     for (; i + 64 <= n; i += 64) {
         for (int r = 0; r < wr; r++) {
@@ -125,7 +125,7 @@ INLINE void tile(const float *x, size_t ldx, int xr, const void *w, size_t ldw, 
         }
 }
 #else
-INLINE void tile(const float *x, size_t ldx, int xr, const void *w, size_t ldw, int wr, int n, float out[4][4],
+INLINE void tile(const float *x, size_t ldx, int xr, const void *w, size_t ldw, int wr, int n, float out[4][8],
                  int fp) {
     size_t es = fp == FP32 ? 4 : fp == BF16 ? 2 : 1;
     for (int r = 0; r < wr; r++)
@@ -137,20 +137,35 @@ INLINE void tile(const float *x, size_t ldx, int xr, const void *w, size_t ldw, 
 }
 #endif
 
-/* y = x @ (scale * W).T, or with `accumulate` y += that (a residual add in the same pass over y). */
+/* A tile with its shape as constants where it is a common one, so the compiler unrolls the loops
+ * and keeps the accumulators in registers (the operations per pair are the same either way). */
+INLINE void tile_fixed(const float *x, size_t ldx, int xr, const void *w, size_t ldw, int wr, int n,
+                       float out[4][8], int fp) {
+    if (wr == 4 && xr == 1) tile(x, ldx, 1, w, ldw, 4, n, out, fp);
+    else if (wr == 4 && xr == 2) tile(x, ldx, 2, w, ldw, 4, n, out, fp);
+    else if (wr == 4 && xr == 3) tile(x, ldx, 3, w, ldw, 4, n, out, fp);
+    else if (wr == 4 && xr == 4) tile(x, ldx, 4, w, ldw, 4, n, out, fp);
+    else if (wr == 2 && xr == 8) tile(x, ldx, 8, w, ldw, 2, n, out, fp);
+    else tile(x, ldx, xr, w, ldw, wr, n, out, fp);
+}
+
+/* y = x @ (scale * W).T, or with `accumulate` y += that (a residual add in the same pass over y).
+ * Up to 4 rows of x: tiles of 4 weight rows x those rows; more: tiles of 2 weight rows x 8 rows of
+ * x (16 accumulators either way), so a weight chunk is widened once per 8 rows. */
 INLINE void product(const float *x, const void *w, const float *scale, float *y, int m, int in, int out,
                     int accumulate, int threads, int fp) {
     size_t es = fp == FP32 ? 4 : fp == BF16 ? 2 : 1;
+    int xt = m <= 4 ? 4 : 8, wt = m <= 4 ? 4 : 2;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (int ob = 0; ob < (out + OUT_BLOCK - 1) / OUT_BLOCK; ob++) {
         int o_end = (ob + 1) * OUT_BLOCK < out ? (ob + 1) * OUT_BLOCK : out;
-        float d[4][4];
-        for (int o = ob * OUT_BLOCK; o < o_end; o += 4) {
-            int wr = o_end - o < 4 ? o_end - o : 4;
-            for (int r0 = 0; r0 < m; r0 += 4) {
-                int xr = m - r0 < 4 ? m - r0 : 4;
-                tile(x + (size_t)r0 * in, (size_t)in, xr, (const char *)w + (size_t)o * in * es, (size_t)in, wr, in,
-                     d, fp);
+        float d[4][8];
+        for (int r0 = 0; r0 < m; r0 += xt) {
+            int xr = m - r0 < xt ? m - r0 : xt;
+            for (int o = ob * OUT_BLOCK; o < o_end; o += wt) {
+                int wr = o_end - o < wt ? o_end - o : wt;
+                tile_fixed(x + (size_t)r0 * in, (size_t)in, xr, (const char *)w + (size_t)o * in * es, (size_t)in,
+                           wr, in, d, fp);
                 for (int r = 0; r < wr; r++)
                     for (int j = 0; j < xr; j++) {
                         float v = scale ? d[r][j] * scale[o + r] : d[r][j];
