@@ -36,3 +36,17 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory) -> Path:
     return tiny.write_llama_gguf(tiny.tiny_llama(seed=1), tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf")
+
+
+@pytest.fixture(scope="module", params=["transformers", "lean"])
+def target(request):
+    """The decoding tests' target (test_decode.sharp_llama): every invariant holds with transformers'
+    forward and with ours (lean_llama.py). A module with a `target` of its own overrides this one."""
+    from test_decode import sharp_llama
+
+    from spectune.decode import lean_llama
+
+    model = sharp_llama()
+    if request.param == "lean":
+        assert lean_llama.install(model)
+    return model

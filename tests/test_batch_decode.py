@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_decode import sharp_llama
 
-from spectune.decode import lean_llama, ragged_cache
+from spectune.decode import ragged_cache
 from spectune.decode.drafters import LookupDrafter, ModelDrafter, layers_drafter
 from spectune.decode.engine import Batch, Metrics, Request, decode, decode_batch, forward
 from spectune.decode.sampling import Sampling
@@ -16,15 +16,6 @@ PROMPTS = [[5, 9, 33, 70, 5, 9, 33, 12],
            [17, 4, 4, 90, 21, 17, 4, 4, 90, 21, 8, 3, 17, 4, 4, 90, 21, 8, 3, 17],
            [101, 7],
            [60, 61, 62, 63, 64, 65, 66, 67, 68, 60, 61, 62]]
-
-
-@pytest.fixture(scope="module", params=["transformers", "lean"])
-def target(request):
-    """Every invariant below holds with transformers' forward and with ours (lean_llama.py)."""
-    model = sharp_llama()
-    if request.param == "lean":
-        assert lean_llama.install(model)
-    return model
 
 
 def solo(model, prompt, n=30, **kw):

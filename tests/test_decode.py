@@ -6,7 +6,6 @@ import pytest
 import tiny
 import torch
 
-from spectune.decode import lean_llama
 from spectune.decode.drafters import LookupDrafter, ModelDrafter, layers_drafter, make_drafter
 from spectune.decode.engine import Metrics, decode
 from spectune.decode.sampling import Sampling, distribution
@@ -22,15 +21,6 @@ def sharp_llama(seed=0):
     with torch.no_grad():
         m.lm_head.weight.mul_(30.0)
     return m
-
-
-@pytest.fixture(scope="module", params=["transformers", "lean"])
-def target(request):
-    """Every invariant below holds with transformers' forward and with ours (lean_llama.py)."""
-    model = sharp_llama()
-    if request.param == "lean":
-        assert lean_llama.install(model)
-    return model
 
 
 @pytest.fixture(scope="module")
