@@ -9,17 +9,11 @@ import copy
 import pytest
 import torch
 from test_batch_decode import PROMPTS, batched, solo
-from test_decode import sharp_llama
 
 from spectune.decode.engine import GREEDY, Batch, Request
 from spectune.decode.sampling import Sampling
 from spectune.draft_head import DraftHead, HeadDrafter, head_drafter
 from spectune.errors import SpectuneError
-
-
-@pytest.fixture(scope="module")
-def target():
-    return sharp_llama()
 
 
 @pytest.fixture(scope="module")

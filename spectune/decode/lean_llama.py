@@ -167,9 +167,15 @@ def _plan(stack) -> list:
 
 
 def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
-             use_cache=None, past_key_values=None, **_ignored):
+             use_cache=None, past_key_values=None, **kwargs):
     from transformers import DynamicCache
     from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    if kwargs.get("output_hidden_states") or kwargs.get("output_attentions") or stack.training:
+        # Not a decoding step: transformers' own forward, which returns what was asked for.
+        return type(stack).forward(stack, input_ids=input_ids, attention_mask=attention_mask,
+                                   position_ids=position_ids, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                                   **({"cache": cache if cache is not None else past_key_values}), **kwargs)
 
     cache = cache if cache is not None else past_key_values
     if cache is None and use_cache is not False:
