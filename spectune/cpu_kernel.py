@@ -1,6 +1,6 @@
 """Our CPU decoding kernels (spectune/kernels/linear.c), built on first use: the int8 product of
-`--quantize int8`, and the folded layer operations the lean forward (decode/lean_llama.py) uses
-for int8 and fp32 weights.
+`--quantize int8`, and the folded layer operations and float output-layer product our decoding
+forward (decode/lean_llama.py) uses, for int8, fp32 and bf16 weights.
 
 Why C: torch's weight-only int8 kernels run at about 9-10 GB/s of weights here, bound by widening
 int8 to float rather than by reading memory, which left int8 decoding barely faster than fp32; and
@@ -13,8 +13,8 @@ Inside `torch.compile` the kernel is the custom op `spectune::int8_linear`, whic
 between its fused kernels; in eager mode it is called directly (a custom op's dispatch costs more
 than the kernel on the smallest layers).
 
-No compiler (or a failed build): `available()` is False and quantize.py falls back to torch's kernel,
-saying so once on stderr.
+No compiler (or a failed build): `available()` is False, said once on stderr; quantize.py falls back
+to torch's int8 kernel (in bf16) and the lean forward to torch's operations.
 """
 
 from __future__ import annotations

@@ -1,25 +1,31 @@
-"""A lean forward for Llama-family decoder stacks, used when decoding (not training).
+"""Our decoding forward for Llama-family decoder stacks (used when decoding, never in training).
 
-Why: at batch 1 a SmolLM2-135M decoding step reads its weights in about 25 ms (fp32) or 6 ms
-(int8, our kernel), but transformers' forward adds about 15 ms of Python around them (module calls,
-decorators, mask construction, a dozen small tensor operations per layer). This forward does the same
-arithmetic with fewer, larger operations: one product for q, k and v and one for gate and up (the
-weights fused once, in place: the separate projections become views of the fused tensor, so no
-weight is stored twice), the causal mask built once per pass instead of per layer, RMSNorm and RoPE
-written out, and SDPA with grouped KV heads.
+Why: at batch 1 a SmolLM2-135M decoding step reads its weights in about 25 ms (fp32) or 6-10 ms
+(int8, our kernel), and transformers' forward added about 15 ms of Python and small tensor
+operations around them (module calls, decorators, mask construction, a dozen operations per layer).
+This forward does the same arithmetic with fewer, larger operations: one product for q, k and v and
+one for gate and up (fused once, in place: the separate projections become views of the fused
+weight, nothing is stored twice), RoPE on q and k at once, the mask built once per pass, the KV
+cache appended in place (`_append`). Decoding steps (passes of fewer than 32 tokens) go further:
+each layer is three calls into our C kernels (cpu_kernel.py: norm + q/k/v product; attention
+output product + residual add; norm + gate/up product, then SiLU gate + down product + residual
+add), for fp32, bf16 and int8 weights, with fp32 activations; the output layer of a float model
+goes through the kernel too. Prompts stay with MKL's matrix products.
 
 It replaces the decoder stack's `forward` on the instance (as --compile does), keeps transformers'
-cache objects (DynamicCache, so ragged_cache.py's crop / select / merge work unchanged), its rotary
-embedding module (every RoPE scaling variant) and its output layer, and returns what the stack's own
-forward returns. Training and fine-tuning never see it.
+cache objects (DynamicCache, so ragged_cache.py's crop / select / merge / compact work unchanged),
+its rotary embedding module (every RoPE scaling variant) and its output layer, and returns what the
+stack's own forward returns. A call that asks for hidden states or attentions, or a module in
+training, goes to transformers' forward.
 
-What it takes: `LlamaForCausalLM`-shaped models (model_type llama; Mistral and Qwen2-without-sliding
-window have the same layout): no attention or MLP biases, SiLU gate, standard attention scaling.
-`supported(model)` says whether a model qualifies; others keep transformers' forward.
+What it takes: model_type llama or mistral with no attention or MLP biases, SiLU gate, standard
+attention scaling, no sliding window; `supported(model)` says whether a model qualifies, others keep
+transformers' forward.
 
-Exactness: speculative output equals plain output with this forward as with transformers'
-(tested); its logits equal transformers' within float rounding (tested), so text can part from
-transformers' where two tokens tie, as between eager and compiled.
+Exactness: attention and the KV cache are fp32 whatever the weights, and the kernels give a row the
+same bits whatever the size of its pass, so speculative output equals plain output in every dtype
+(tested). In fp32 its logits match transformers' to 1e-5 (tested; the kernels round differently
+from MKL, so text can part from transformers' where two tokens tie: on the benchmark it never did).
 """
 
 from __future__ import annotations
