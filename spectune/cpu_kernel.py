@@ -33,10 +33,10 @@ import torch
 SOURCE = Path(__file__).parent / "kernels" / "linear.c"
 _LIB: ctypes.CDLL | None = None
 _FAILED: str | None = None
-THREADS = torch.get_num_threads()
 # -ffp-contract=off: the compiler must not fuse a multiply and an add in one code path and not in
 # another, or a row's result would depend on the path (one-token steps vs verification passes).
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fPIC"]
+# Each call runs on torch.get_num_threads() threads, read at the call, so torch.set_num_threads applies.
 
 
 def _build_dir() -> Path:
@@ -115,7 +115,7 @@ def _run(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
     _LIB.int8_linear(x.data_ptr(), w.data_ptr(), scale.data_ptr(), y.data_ptr(), x.shape[0], w.shape[1], w.shape[0],
-                     THREADS)
+                     torch.get_num_threads())
     return y
 
 
@@ -134,7 +134,8 @@ def dequantize(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     if torch.compiler.is_compiling() or _LIB is None:
         return w.float() * scale[:, None]
     out = torch.empty(w.shape, dtype=torch.float32)
-    _LIB.int8_dequantize(w.data_ptr(), scale.data_ptr(), out.data_ptr(), w.shape[0], w.shape[1], THREADS)
+    _LIB.int8_dequantize(w.data_ptr(), scale.data_ptr(), out.data_ptr(), w.shape[0], w.shape[1],
+                         torch.get_num_threads())
     return out
 
 
@@ -161,7 +162,7 @@ def float_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
     _LIB.float_linear(x.data_ptr(), w.data_ptr(), KINDS[w.dtype], y.data_ptr(), x.shape[0], w.shape[1], w.shape[0],
-                      THREADS)
+                      torch.get_num_threads())
     return y
 
 
@@ -170,14 +171,14 @@ def norm_linear(x: torch.Tensor, norm: torch.Tensor, eps: float, w: torch.Tensor
     y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
     work = torch.empty(x.shape, dtype=torch.float32)
     _LIB.layer_op(0, x.data_ptr(), norm.data_ptr(), eps, w.data_ptr(), KINDS[w.dtype], _ptr(scale), y.data_ptr(),
-                  work.data_ptr(), x.shape[0], w.shape[1], w.shape[0], THREADS)
+                  work.data_ptr(), x.shape[0], w.shape[1], w.shape[0], torch.get_num_threads())
     return y
 
 
 def linear_add_(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     """y += x @ (scale * w).T, in place; returns y (N, out)."""
     _LIB.layer_op(1, x.data_ptr(), None, 0.0, w.data_ptr(), KINDS[w.dtype], _ptr(scale), y.data_ptr(), None,
-                  x.shape[0], w.shape[1], w.shape[0], THREADS)
+                  x.shape[0], w.shape[1], w.shape[0], torch.get_num_threads())
     return y
 
 
@@ -185,5 +186,5 @@ def silu_linear_add_(y: torch.Tensor, gate_up: torch.Tensor, w: torch.Tensor, sc
     """y += (silu(gate) * up) @ (scale * w).T with gate_up = [gate | up] (N, 2 in), in place; returns y."""
     work = torch.empty(gate_up.shape[0], w.shape[1], dtype=torch.float32)
     _LIB.layer_op(2, gate_up.data_ptr(), None, 0.0, w.data_ptr(), KINDS[w.dtype], _ptr(scale), y.data_ptr(),
-                  work.data_ptr(), gate_up.shape[0], w.shape[1], w.shape[0], THREADS)
+                  work.data_ptr(), gate_up.shape[0], w.shape[1], w.shape[0], torch.get_num_threads())
     return y

@@ -101,6 +101,12 @@ def test_folded_layer_ops_match_torch_and_are_row_independent(weights):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=name)
         for n in (1, 2, 5):  # a one-token step and short verification passes: the same bits
             assert torch.equal(op(x[:n], gate_up[:n]), got[:n]), (name, n)
+        threads = torch.get_num_threads()
+        try:  # and whichever thread computes an output
+            torch.set_num_threads(1)
+            assert torch.equal(op(x, gate_up), got), name
+        finally:
+            torch.set_num_threads(threads)
 
 
 @pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
