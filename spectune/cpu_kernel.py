@@ -9,9 +9,9 @@ at batch 1 a decoding step's dozen small tensor operations per layer cost as muc
 otherwise), compiled once per machine with the system's C compiler into `$SPECTUNE_HOME/kernels/`,
 and called through ctypes (which releases the GIL).
 
-Inside `torch.compile` the kernel is the custom op `spectune::int8_linear`, which Inductor calls
-between its fused kernels; in eager mode it is called directly (a custom op's dispatch costs more
-than the kernel on the smallest layers).
+Inside `torch.compile` the int8 product is the custom op `spectune::int8_linear`, which Inductor
+calls between its fused kernels; in eager mode it is called directly (a custom op's dispatch costs
+more than the kernel on the smallest layers).
 
 No compiler (or a failed build): `available()` is False, said once on stderr; quantize.py falls back
 to torch's int8 kernel (in bf16) and the lean forward to torch's operations.
@@ -85,14 +85,12 @@ def library() -> ctypes.CDLL | None:
               file=sys.stderr)
         return None
     ptr, num = ctypes.c_void_p, ctypes.c_int
-    lib.int8_linear.argtypes = [ptr, ptr, ptr, ptr, num, num, num, num]
-    lib.int8_linear.restype = None
+    lib.linear.argtypes = [ptr, ptr, num, ptr, ptr, num, num, num, num]
+    lib.linear.restype = None
     lib.int8_dequantize.argtypes = [ptr, ptr, ptr, num, num, num]
     lib.int8_dequantize.restype = None
     lib.layer_op.argtypes = [num, ptr, ptr, ctypes.c_float, ptr, num, ptr, ptr, ptr, num, num, num, num]
     lib.layer_op.restype = None
-    lib.float_linear.argtypes = [ptr, ptr, num, ptr, num, num, num, num]
-    lib.float_linear.restype = None
     _LIB = lib
     return lib
 
@@ -111,17 +109,24 @@ def available() -> bool:
     return library() is not None
 
 
-def _run(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+KINDS = {torch.int8: 0, torch.float32: 1, torch.bfloat16: 2}  # the C file's INT8, FP32, BF16
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     x = x.contiguous()
     y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
-    _LIB.int8_linear(x.data_ptr(), w.data_ptr(), scale.data_ptr(), y.data_ptr(), x.shape[0], w.shape[1], w.shape[0],
-                     torch.get_num_threads())
+    _LIB.linear(x.data_ptr(), w.data_ptr(), KINDS[w.dtype], _ptr(scale), y.data_ptr(), x.shape[0], w.shape[1],
+                w.shape[0], torch.get_num_threads())
     return y
 
 
 @torch.library.custom_op("spectune::int8_linear", mutates_args=())
 def _int8_linear_op(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return _run(x, w, scale)
+    return _linear(x, w, scale)
 
 
 @_int8_linear_op.register_fake
@@ -139,31 +144,17 @@ def dequantize(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def int8_linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (N, in) fp32, w (out, in) int8 contiguous, scale (out,) fp32 -> (N, out) fp32.
-    Call only when available()."""
-    if torch.compiler.is_compiling():
+def linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """x (N, in) fp32 @ (scale * w).T -> (N, out) fp32; w (out, in) contiguous, int8 with scale (out,)
+    fp32, or fp32 / bf16 with no scale (an output layer). Call only when available()."""
+    if torch.compiler.is_compiling():  # int8 layers in a compiled forward: the custom op
         return _int8_linear_op(x, w, scale)
-    return _run(x, w, scale)
+    return _linear(x, w, scale)
 
 
 # A decoder layer's products with their neighbours folded in (the C file's layer_op), for the lean
 # forward's eager decoding steps: x (N, in) fp32 contiguous; w (out, in) contiguous, int8 with
 # scale (out,), or fp32 / bf16 with scale None.
-KINDS = {torch.int8: 0, torch.float32: 1, torch.bfloat16: 2}
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else t.data_ptr()
-
-
-def float_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x (N, in) fp32 @ w.T with w (out, in) fp32 or bf16 -> (N, out) fp32 (an output layer)."""
-    x = x.contiguous()
-    y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
-    _LIB.float_linear(x.data_ptr(), w.data_ptr(), KINDS[w.dtype], y.data_ptr(), x.shape[0], w.shape[1], w.shape[0],
-                      torch.get_num_threads())
-    return y
 
 
 def norm_linear(x: torch.Tensor, norm: torch.Tensor, eps: float, w: torch.Tensor, scale: torch.Tensor | None):

@@ -47,7 +47,7 @@ class Int8Linear(torch.nn.Module):
         rows = x.reshape(-1, self.in_features).to(self.act_dtype)  # (N, in)
         if rows.shape[0] < self.DEQUANTIZE_FROM:
             if self.act_dtype == torch.float32:
-                y = cpu_kernel.int8_linear(rows, self.weight_int8, self.scale)  # (N, out)
+                y = cpu_kernel.linear(rows, self.weight_int8, self.scale)  # (N, out)
             else:
                 y = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scale)
         else:  # the kernel's cost grows with every row: a long prompt is faster on dequantized weights

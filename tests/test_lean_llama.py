@@ -66,12 +66,12 @@ def test_cpu_kernel_matches_the_dequantized_product_and_is_row_independent(width
     scale = torch.rand(37) / 100
     x = torch.randn(9, width)
     want = x.double() @ (w.double() * scale.double()[:, None]).T
-    got = cpu_kernel.int8_linear(x, w, scale)
+    got = cpu_kernel.linear(x, w, scale)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
     # any row, computed in a pass of any size, is the same bits: verification == one-token steps
     for rows in range(1, 9):
-        assert torch.equal(cpu_kernel.int8_linear(x[:rows], w, scale), got[:rows])
-    assert torch.equal(cpu_kernel.int8_linear(x[5:6], w, scale), got[5:6])
+        assert torch.equal(cpu_kernel.linear(x[:rows], w, scale), got[:rows])
+    assert torch.equal(cpu_kernel.linear(x[5:6], w, scale), got[5:6])
 
 
 @pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
@@ -85,7 +85,7 @@ def test_folded_layer_ops_match_torch_and_are_row_independent(weights):
     else:
         w, scale = torch.randn(n_out, n_in).to(torch.float32 if weights == "fp32" else torch.bfloat16), None
         dense = w.float()
-        y = cpu_kernel.float_linear(torch.randn(3, n_in), w)  # an output layer's product
+        y = cpu_kernel.linear(torch.randn(3, n_in), w)  # an output layer's product
         assert y.dtype == torch.float32 and y.shape == (3, n_out)
     x, norm, gate_up = torch.randn(rows, n_in), torch.rand(n_in) + 0.5, torch.randn(rows, 2 * n_in)
     rms = norm * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))

@@ -91,7 +91,7 @@ def _project(x: torch.Tensor, fused: tuple) -> torch.Tensor:
     if fused[0] == "int8":
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] < Int8Linear.DEQUANTIZE_FROM:
-            y = cpu_kernel.int8_linear(rows, fused[1], fused[2])
+            y = cpu_kernel.linear(rows, fused[1], fused[2])
         else:
             y = F.linear(rows, cpu_kernel.dequantize(fused[1], fused[2]))
         return y.view(*x.shape[:-1], -1)
@@ -246,7 +246,7 @@ def _head_forward(head, x: torch.Tensor) -> torch.Tensor:
     prompts and everything else through F.linear."""
     rows = x.reshape(-1, x.shape[-1])
     if rows.shape[0] < Int8Linear.DEQUANTIZE_FROM and not torch.compiler.is_compiling() and cpu_kernel.available():
-        return cpu_kernel.float_linear(rows.float(), head.weight).view(*x.shape[:-1], -1)
+        return cpu_kernel.linear(rows.float(), head.weight).view(*x.shape[:-1], -1)
     return F.linear(x, head.weight, head.bias)
 
 

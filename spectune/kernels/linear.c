@@ -177,24 +177,22 @@ INLINE void product(const float *x, const void *w, const float *scale, float *y,
     }
 }
 
-static void product_int8(const float *x, const void *w, const float *scale, float *y, int m, int in, int out,
-                         int accumulate, int threads) {
-    product(x, w, scale, y, m, in, out, accumulate, threads, INT8);
+/* The product for a weight kind known only at run time: each branch is `product` compiled for one
+ * kind. `scale` is read for INT8 only. */
+static void product_of_kind(int kind, const float *x, const void *w, const float *scale, float *y, int m, int in,
+                            int out, int accumulate, int threads) {
+    if (kind == INT8)
+        product(x, w, scale, y, m, in, out, accumulate, threads, INT8);
+    else if (kind == BF16)
+        product(x, w, NULL, y, m, in, out, accumulate, threads, BF16);
+    else
+        product(x, w, NULL, y, m, in, out, accumulate, threads, FP32);
 }
 
-static void product_fp32(const float *x, const void *w, float *y, int m, int in, int out, int accumulate,
-                         int threads) {
-    product(x, w, NULL, y, m, in, out, accumulate, threads, FP32);
-}
-
-static void product_bf16(const float *x, const void *w, float *y, int m, int in, int out, int accumulate,
-                         int threads) {
-    product(x, w, NULL, y, m, in, out, accumulate, threads, BF16);
-}
-
-void int8_linear(const float *x, const int8_t *w, const float *scale, float *y, int m, int in, int out,
-                 int threads) {
-    product_int8(x, w, scale, y, m, in, out, 0, threads);
+/* y = x @ (scale * W).T: an int8 layer (`scale` per output) or a float output layer. */
+void linear(const float *x, const void *w, int kind, const float *scale, float *y, int m, int in, int out,
+            int threads) {
+    product_of_kind(kind, x, w, scale, y, m, in, out, 0, threads);
 }
 
 /* A decoder layer's products with the small operations around them folded in, so that a decoding
@@ -220,21 +218,7 @@ void layer_op(int mode, const float *x, const float *norm, float eps, const void
             for (int i = 0; i < in; i++) dst[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
     }
-    const float *in_rows = mode == 1 ? x : work;
-    if (kind == INT8)
-        product_int8(in_rows, w, scale, y, m, in, out, mode != 0, threads);
-    else if (kind == BF16)
-        product_bf16(in_rows, w, y, m, in, out, mode != 0, threads);
-    else
-        product_fp32(in_rows, w, y, m, in, out, mode != 0, threads);
-}
-
-/* y = x @ W.T for fp32 or bf16 weights (an output layer): fp32 x and y. */
-void float_linear(const float *x, const void *w, int kind, float *y, int m, int in, int out, int threads) {
-    if (kind == BF16)
-        product_bf16(x, w, y, m, in, out, 0, threads);
-    else
-        product_fp32(x, w, y, m, in, out, 0, threads);
+    product_of_kind(kind, mode == 1 ? x : work, w, scale, y, m, in, out, mode != 0, threads);
 }
 
 /* out (O, I) fp32 = scale[o] * W[o, i]: the weights of a long pass (a prompt), multiplied by MKL
