@@ -140,3 +140,12 @@ def test_without_the_kernel_int8_falls_back_to_torch_in_bf16(monkeypatch):
     assert isinstance(model.lm_head, Int8Linear) and model.lm_head.act_dtype == torch.bfloat16
     plain = [t for c in decode(model, PROMPT, max_new_tokens=12) for t in c]
     assert len(plain) == 12
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
+def test_int8_product_inside_torch_compile_is_the_custom_op_with_the_same_result():
+    torch.manual_seed(3)
+    w, scale = torch.randint(-127, 128, (24, 40), dtype=torch.int8), torch.rand(24) / 100
+    x = torch.randn(3, 40)
+    compiled = torch.compile(lambda a: torch.relu(cpu_kernel.linear(a, w, scale)) + 1, fullgraph=True)
+    torch.testing.assert_close(compiled(x), torch.relu(cpu_kernel.linear(x, w, scale)) + 1)
