@@ -39,6 +39,9 @@ from .. import cpu_kernel
 from ..quantize import Int8Linear
 
 ARCHITECTURES = {"llama", "mistral"}
+# Passes of fewer rows (batch x tokens) are decoding steps, for our kernels; longer ones (prompts) go
+# to MKL's matrix products, as int8 layers do (the same threshold).
+STEP_ROWS = Int8Linear.DEQUANTIZE_FROM
 
 
 def supported(model) -> bool:
@@ -90,7 +93,7 @@ def _project(x: torch.Tensor, fused: tuple) -> torch.Tensor:
         return F.linear(x, fused[1])
     if fused[0] == "int8":
         rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] < Int8Linear.DEQUANTIZE_FROM:
+        if rows.shape[0] < STEP_ROWS:
             y = cpu_kernel.linear(rows, fused[1], fused[2])
         else:
             y = F.linear(rows, cpu_kernel.dequantize(fused[1], fused[2]))
@@ -103,7 +106,7 @@ def _foldable(fused: tuple) -> bool:
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if x.dtype == torch.float32:  # one fused op; same formula as transformers' (tested bit-equal)
+    if x.dtype == torch.float32:  # one fused op, transformers' formula (its logits match, tested)
         return F.rms_norm(x, weight.shape, weight, eps)
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
@@ -177,13 +180,12 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
     from transformers import DynamicCache
     from transformers.modeling_outputs import BaseModelOutputWithPast
 
+    cache = cache if cache is not None else past_key_values
     if kwargs.get("output_hidden_states") or kwargs.get("output_attentions") or stack.training:
         # Not a decoding step: transformers' own forward, which returns what was asked for.
         return type(stack).forward(stack, input_ids=input_ids, attention_mask=attention_mask,
-                                   position_ids=position_ids, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                                   **({"cache": cache if cache is not None else past_key_values}), **kwargs)
-
-    cache = cache if cache is not None else past_key_values
+                                   position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
+                                   use_cache=use_cache, **kwargs)
     if cache is None and use_cache is not False:
         cache = DynamicCache(config=stack.config)
     x = stack.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
@@ -199,8 +201,8 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
     # Eager decoding steps: our C kernels' layer operations (norm, SiLU gate and residual adds folded
     # into the products; int8, fp32 or bf16 weights, fp32 activations), on x held as one contiguous
     # (B*T, H) fp32 block updated in place. Prompts (long passes) stay with MKL's matrix products.
-    folded = (not compiling and batch * new < Int8Linear.DEQUANTIZE_FROM and x.dtype in FOLDED_DTYPES
-              and all(_foldable(p[j]) for p in layers for j in (1, 2, 4, 5)) and cpu_kernel.available())
+    folded = (not compiling and batch * new < STEP_ROWS and x.dtype in FOLDED_DTYPES
+              and stack.__dict__["_lean_foldable"] and cpu_kernel.available())
     if folded:
         x = x.reshape(batch * new, -1).float().clone()  # (B*T, H): ours to update in place
     cos, sin = stack.rotary_emb(x.float(), position_ids=position_ids)  # (B, T, D) each, fp32
@@ -245,7 +247,7 @@ def _head_forward(head, x: torch.Tensor) -> torch.Tensor:
     """The output layer of a decoding step through our kernel (fp32 or bf16 weights, fp32 logits);
     prompts and everything else through F.linear."""
     rows = x.reshape(-1, x.shape[-1])
-    if rows.shape[0] < Int8Linear.DEQUANTIZE_FROM and not torch.compiler.is_compiling() and cpu_kernel.available():
+    if rows.shape[0] < STEP_ROWS and not torch.compiler.is_compiling() and cpu_kernel.available():
         return cpu_kernel.linear(rows.float(), head.weight).view(*x.shape[:-1], -1)
     return F.linear(x, head.weight, head.bias)
 
@@ -257,7 +259,10 @@ def install(model) -> bool:
     if not supported(model) or "forward" in model.model.__dict__:
         return False
     stack = model.model
-    stack.__dict__["_lean_plan"] = _plan(stack)
+    plan = stack.__dict__["_lean_plan"] = _plan(stack)
+    # Whether every layer's products can take the kernels' folded path (a layers:N draft runs a
+    # prefix of the same layers, so the answer holds for it too).
+    stack.__dict__["_lean_foldable"] = all(_foldable(p[j]) for p in plan for j in (1, 2, 4, 5))
     stack.forward = types.MethodType(_forward, stack)
     head = model.get_output_embeddings()
     if (type(head) is torch.nn.Linear and head.bias is None and head.weight.dtype in FOLDED_DTYPES
@@ -269,5 +274,6 @@ def install(model) -> bool:
 def rebind(original, copy) -> None:
     """A layers:N draft's copy of the stack runs the same lean forward over its own depth."""
     if "_lean_plan" in original.__dict__:
-        copy.__dict__["_lean_plan"] = original.__dict__["_lean_plan"]
+        for key in ("_lean_plan", "_lean_foldable"):
+            copy.__dict__[key] = original.__dict__[key]
         copy.forward = types.MethodType(_forward, copy)
