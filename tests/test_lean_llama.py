@@ -39,13 +39,18 @@ def test_lean_forward_gives_transformers_logits_prefill_cached_and_ragged():
 
 
 def test_lean_forward_leaves_weights_unduplicated_and_drafts_at_depth():
+    def stored(m):  # bytes of the distinct storages behind the parameters
+        return sum({p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in m.parameters()}.values())
+
     model = sharp_llama()
-    before = sum(p.numel() for p in model.parameters())
+    before = stored(model)
     lean_llama.install(model)
     attn = model.model.layers[0].self_attn
-    assert sum(p.numel() for p in model.parameters()) == before
+    assert stored(model) == before  # the fused weights replace the separate ones, nothing is kept twice
     # q, k, v are views of the fused weight: one storage, read by one product
-    assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.v_proj.weight.untyped_storage().data_ptr()
+    fused_qkv = model.model.__dict__["_lean_plan"][0][1][1]  # what the forward multiplies by
+    storage = fused_qkv.untyped_storage().data_ptr()
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == storage == attn.v_proj.weight.untyped_storage().data_ptr()
     plain = [t for c in decode(model, PROMPT, max_new_tokens=20) for t in c]
     draft = layers_drafter(model, 1)
     assert draft.model.model.forward.__func__ is lean_llama._forward
