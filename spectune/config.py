@@ -22,8 +22,9 @@ from .errors import SpectuneError
 
 DEFAULT_CAUSAL_LM = "smollm2-135m"
 Dtype = Literal["fp32", "bf16"]
-COMPILE_HELP = ("torch.compile the decoder stack: faster decoding steps (bench/decode.py here: fp32 1.2x, int8 1.3x "
-                "transformers) after 1-5 minutes of compiling at start")
+COMPILE_HELP = ("torch.compile the decoder stack, for models without our decoding forward (Llama-family models "
+                "decode on our kernels, faster, and skip it): fused small operations after 1-5 minutes of "
+                "compiling at start")
 
 # The draft options of `distill` and of `train --task draft / --distill-draft`, described once.
 DRAFT_HELP = {

@@ -4,8 +4,10 @@ Why: at batch 1 a decoding step is a few hundred matrix-vector products plus, ar
 a few dozen small operations (norms, RoPE, residual adds, casts, the cache's concatenation), each a
 separate dispatch of microseconds on a vector of 576 numbers (a profile of one fp32 step of
 SmolLM2-135M here: about 60% of it in the products). Inductor fuses the small operations into a
-few generated C++ loops. bench/decode.py, same run: compiled plain decoding 1.14-1.24x
-transformers' generate in fp32, 1.24-1.45x in int8, where our eager loop is at 0.93-1.04x.
+few generated C++ loops. bench/decode.py, same run, with transformers' forward (before our own):
+compiled plain decoding 1.14-1.24x transformers' generate in fp32, 1.24-1.45x in int8, where the
+eager loop was at 0.93-1.04x. Llama-family models now decode on our forward and kernels
+(lean_llama.py), which are faster still and skip compiling (generate.py says so).
 
 What is compiled: the decoding steps of the decoder stack (`model.model`, embeddings to final
 norm), with `dynamic=True`, so a graph serves every cache length, batch size and number of drafts
