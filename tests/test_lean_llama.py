@@ -139,12 +139,18 @@ def test_lean_speculation_equals_plain_in_a_ragged_batch(weights):
     assert batched(layers_drafter(model, 1)) == alone
 
 
-def test_without_the_kernel_int8_falls_back_to_torch_in_bf16(monkeypatch):
+def test_without_the_kernels_int8_falls_back_to_torch_in_bf16_and_our_forward_to_torch_ops(monkeypatch):
     monkeypatch.setattr(cpu_kernel, "available", lambda: False)
     model = quantize_int8(sharp_llama())
     assert isinstance(model.lm_head, Int8Linear) and model.lm_head.act_dtype == torch.bfloat16
     plain = [t for c in decode(model, PROMPT, max_new_tokens=12) for t in c]
     assert len(plain) == 12
+    # our forward without the kernels: torch's operations, the same tokens as transformers' forward
+    fp, lean = sharp_llama(), sharp_llama()
+    assert lean_llama.install(lean)
+    want = [t for c in decode(fp, PROMPT, max_new_tokens=20) for t in c]
+    assert [t for c in decode(lean, PROMPT, max_new_tokens=20) for t in c] == want
+    assert [t for c in decode(lean, PROMPT, max_new_tokens=20, drafter=LookupDrafter()) for t in c] == want
 
 
 @pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
