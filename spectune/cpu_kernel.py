@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).parent / "kernels" / "linear.c"
+KERNELS = Path(__file__).parent / "kernels"
+SOURCES = [KERNELS / "linear.c", KERNELS / "step.c"]  # (and kernels.h, which they share)
 _LIB: ctypes.CDLL | None = None
 _FAILED: str | None = None
 # -ffp-contract=off: the compiler must not fuse a multiply and an add in one code path and not in
@@ -53,14 +54,17 @@ def _compile(out: Path) -> None:
     gomp = ["-L", str(torch_lib), "-l:libgomp.so.1", f"-Wl,-rpath,{torch_lib}"] \
         if (torch_lib / "libgomp.so.1").exists() else ["-fopenmp"]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    obj = tmp.with_suffix(".o")
+    objs = [tmp.with_suffix(f".{source.stem}.o") for source in SOURCES]
     try:
-        subprocess.run([cc, *FLAGS, "-c", str(SOURCE), "-o", str(obj)], check=True, capture_output=True, text=True)
-        subprocess.run([cc, "-shared", "-o", str(tmp), str(obj), *gomp, "-lm"], check=True, capture_output=True,
-                       text=True)
+        for source, obj in zip(SOURCES, objs, strict=True):
+            subprocess.run([cc, *FLAGS, "-I", str(KERNELS), "-c", str(source), "-o", str(obj)], check=True,
+                           capture_output=True, text=True)
+        subprocess.run([cc, "-shared", "-o", str(tmp), *map(str, objs), *gomp, "-lm"], check=True,
+                       capture_output=True, text=True)
         os.replace(tmp, out)
     finally:
-        obj.unlink(missing_ok=True)
+        for obj in objs:
+            obj.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
 
 
@@ -70,7 +74,8 @@ def library() -> ctypes.CDLL | None:
     if _LIB is not None or _FAILED is not None:
         return _LIB
     # One build per source text, flags, CPU type and torch install: -march=native code is this machine's.
-    ident = SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__file__.encode() + _cpu_flags().encode()
+    sources = b"".join(f.read_bytes() for f in [*SOURCES, KERNELS / "kernels.h"])
+    ident = sources + " ".join(FLAGS).encode() + torch.__file__.encode() + _cpu_flags().encode()
     key = hashlib.sha256(ident).hexdigest()[:16]
     path = _build_dir() / f"linear-{key}.so"
     try:
@@ -91,6 +96,10 @@ def library() -> ctypes.CDLL | None:
     lib.int8_dequantize.restype = None
     lib.layer_op.argtypes = [num, ptr, ptr, ctypes.c_float, ptr, num, ptr, ptr, ptr, num, num, num, num]
     lib.layer_op.restype = None
+    ptrs = ctypes.POINTER(ctypes.c_void_p)
+    lib.decode_layers.argtypes = [num, ptr, num, num, num, ptrs, ctypes.c_float, ptrs, ptrs, num, num, num, num, num,
+                                  ptrs, ptrs, ctypes.POINTER(ctypes.c_int), num, ptr, ptr, ptr, ctypes.c_float, num]
+    lib.decode_layers.restype = None
     _LIB = lib
     return lib
 
@@ -179,3 +188,36 @@ def silu_linear_add_(y: torch.Tensor, gate_up: torch.Tensor, w: torch.Tensor, sc
     _LIB.layer_op(2, gate_up.data_ptr(), None, 0.0, w.data_ptr(), KINDS[w.dtype], _ptr(scale), y.data_ptr(),
                   work.data_ptr(), gate_up.shape[0], w.shape[1], w.shape[0], torch.get_num_threads())
     return y
+
+
+class StepWeights:
+    """A decoder stack's layer weights as the pointer arrays `decode_layers` (step.c) takes, built once
+    (the tensors are kept, so the pointers stay valid): per layer two fp32 norm weights and four
+    products (fused q/k/v, o, fused gate/up, down), all of one kind, int8 ones with their scales."""
+
+    def __init__(self, norms: list[torch.Tensor], weights: list[torch.Tensor], scales: list[torch.Tensor | None],
+                 shape: dict):
+        self.args = (norms, weights, scales, shape)
+        self.norms = (ctypes.c_void_p * len(norms))(*(t.data_ptr() for t in norms))
+        self.weights = (ctypes.c_void_p * len(weights))(*(t.data_ptr() for t in weights))
+        self.scales = (ctypes.c_void_p * len(scales))(*(_ptr(t) for t in scales))
+        self.kind = KINDS[weights[0].dtype]
+        self.shape = shape  # hidden, heads, kv_heads, head_dim, inter, eps, scale
+
+    def __deepcopy__(self, memo):  # a copied model: the pointers of its own (copied) tensors
+        import copy
+
+        return StepWeights(*copy.deepcopy(self.args, memo))
+
+
+def decode_layers(plan: StepWeights, layers: int, x: torch.Tensor, batch: int, new: int, keys: list, values: list,
+                  caps: list[int], past: int, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor | None) -> None:
+    """The first `layers` decoder layers over x (B*T, hidden) fp32 in place, writing the step's keys and
+    values into the cache buffers keys[l] / values[l] (B, kv_heads, caps[l], D) at columns past..past+T.
+    cos, sin (B, T, D) fp32 contiguous (sin's first half negated); cols (B, past+T) uint8 or None."""
+    p = plan.shape
+    _LIB.decode_layers(layers, x.data_ptr(), batch, new, p["hidden"], plan.norms, p["eps"], plan.weights,
+                       plan.scales, plan.kind, p["heads"], p["kv_heads"], p["head_dim"], p["inter"],
+                       (ctypes.c_void_p * layers)(*(k.data_ptr() for k in keys)),
+                       (ctypes.c_void_p * layers)(*(v.data_ptr() for v in values)), (ctypes.c_int * layers)(*caps),
+                       past, cos.data_ptr(), sin.data_ptr(), _ptr(cols), p["scale"], torch.get_num_threads())

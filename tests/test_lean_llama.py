@@ -139,6 +139,51 @@ def test_lean_speculation_equals_plain_in_a_ragged_batch(weights):
     assert batched(layers_drafter(model, 1)) == alone
 
 
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_a_step_is_one_kernel_call_and_a_pass_of_k_tokens_gives_k_steps_logits_bit_for_bit(weights, monkeypatch):
+    import copy
+
+    from transformers import DynamicCache
+
+    model = sharp_llama() if weights == "fp32" else quantize_int8(sharp_llama())
+    assert lean_llama.install(model)
+    calls = []
+    real = cpu_kernel.decode_layers
+    monkeypatch.setattr(cpu_kernel, "decode_layers", lambda *a: calls.append(a[2].shape) or real(*a))
+    ids, mask = left_pad(PROMPTS, 0)  # a ragged batch: the step's column mask is in play
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        forward_batch(model, ids, mask, cache)  # the prompt: torch's products, not the step kernel
+        assert not calls
+        other = copy.deepcopy(cache)
+        fed = torch.tensor([[7, 8, 9, 10]] * len(PROMPTS))
+        whole, _ = forward_batch(model, fed, torch.cat([mask, torch.ones_like(fed)], 1), cache)  # (B, 4, V)
+        assert calls == [(len(PROMPTS) * 4, model.config.hidden_size)]  # all layers in one call
+        for t in range(4):
+            mask = torch.cat([mask, torch.ones(len(PROMPTS), 1, dtype=mask.dtype)], 1)
+            one, _ = forward_batch(model, fed[:, t:t + 1], mask, other)
+            assert torch.equal(one[:, 0], whole[:, t])  # bit for bit: what makes speculation exact
+    for la, lb in zip(cache.layers, other.layers, strict=True):
+        assert torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values)
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
+def test_a_copied_model_steps_with_its_own_weights():
+    import copy
+
+    model = sharp_llama()
+    lean_llama.install(model)
+    twin = copy.deepcopy(model)
+    plain = [t for c in decode(model, PROMPT, max_new_tokens=16) for t in c]
+    with torch.no_grad():  # the original changed after the copy: the copy must not read it
+        for p in model.parameters():
+            p.zero_()
+    assert [t for c in decode(twin, PROMPT, max_new_tokens=16) for t in c] == plain
+    pointers = twin.model.__dict__["_lean_step"].weights
+    assert pointers[0] == twin.model.__dict__["_lean_plan"][0][1][1].data_ptr()
+
+
 def test_without_the_kernels_int8_falls_back_to_torch_in_bf16_and_our_forward_to_torch_ops(monkeypatch):
     monkeypatch.setattr(cpu_kernel, "available", lambda: False)
     model = quantize_int8(sharp_llama())

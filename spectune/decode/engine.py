@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..quantize import Int8Linear
 from . import ragged_cache
 from .draft_length import AdaptiveK, CostAwareK
 from .sampling import Sampling, distribution
@@ -168,6 +169,11 @@ class Request:
         return verify(p, drafts, q, self.gen)
 
 
+# Passes of fewer rows are decoding steps for our kernels (int8 layers, lean_llama's forward); longer
+# ones go to MKL, whose bits differ.
+STEP_ROWS = Int8Linear.DEQUANTIZE_FROM
+
+
 class Batch:
     """The rows being decoded together and their shared, ragged KV cache."""
 
@@ -219,9 +225,13 @@ class Batch:
     def step(self) -> list[tuple[Request, list[int]]]:
         """One target pass for every row: returns (request, new tokens) for each."""
         plan = []
+        # A verification pass stays within the rows our kernels take (STEP_ROWS), so every row of it
+        # is computed as a one-token step computes it, bit for bit: batch 4 drafts at most 6 tokens a
+        # row, batch 16 and over none (plain decoding, which is what a batch that large wants anyway).
+        most = STEP_ROWS // len(self.rows) - 1
         for r in self.rows:
             budget = r.max_new_tokens - r.metrics.new_tokens  # tokens this row may still emit
-            want = min(r.plan.next() if r.plan else r.k, budget - 1) if r.drafter is not None else 0
+            want = min(r.plan.next() if r.plan else r.k, budget - 1, most) if r.drafter is not None else 0
             drafts, q = r.drafter.propose(r.tokens, want, r.sampling, r.gen) if want > 0 else ([], None)
             drafts = drafts[:want]
             plan.append((drafts, q[: len(drafts)] if q is not None else None))

@@ -6,11 +6,14 @@ operations around them (module calls, decorators, mask construction, a dozen ope
 This forward does the same arithmetic with fewer, larger operations: one product for q, k and v and
 one for gate and up (fused once, in place: the separate projections become views of the fused
 weight, nothing is stored twice), RoPE on q and k at once, the mask built once per pass, the KV
-cache appended in place (`_append`). Decoding steps (passes of fewer than 32 tokens) go further:
-each layer is three calls into our C kernels (cpu_kernel.py: norm + q/k/v product; attention
-output product + residual add; norm + gate/up product, then SiLU gate + down product + residual
-add), for fp32, bf16 and int8 weights, with fp32 activations; the output layer of a float model
-goes through the kernel too. Prompts stay with MKL's matrix products.
+cache appended in place (`_append`). Decoding steps (passes of fewer than 32 rows) go further: all
+the layers are one call into our C kernel (kernels/step.c: norms, products, RoPE, the cache append,
+attention, SiLU gate and residual adds; `_step`), for fp32, bf16 and int8 weights, with fp32
+activations, after Python has made room in the cache buffers (`_room`); the output layer of a float
+model goes through the kernel too. With the products already in C, the Python and small tensor
+operations around them had cost 8-11 ms of a SmolLM2-135M step (fp32 38 -> 27 ms, bf16 26 -> 16,
+int8 16 -> 9 with one call). Prompts stay with MKL's matrix products and SDPA. A first pass that is
+short enough, into an empty cache, takes the kernels layer by layer (the cache is transformers').
 
 It replaces the decoder stack's `forward` on the instance (as --compile does), keeps transformers'
 cache objects (DynamicCache, so ragged_cache.py's crop / select / merge / compact work unchanged),
@@ -23,8 +26,8 @@ attention scaling, no sliding window; `supported(model)` says whether a model qu
 transformers' forward.
 
 Exactness: attention and the KV cache are fp32 whatever the weights, and the kernels give a row the
-same bits whatever the size of its pass, so speculative output equals plain output in every dtype
-(tested). In fp32 its logits match transformers' to 1e-5 (tested; the kernels round differently
+same bits whatever the size of its pass (step.c's attention too), so speculative output equals plain
+output in every dtype (tested). In fp32 its logits match transformers' to 1e-5 (tested; the kernels round differently
 from MKL, so text can part from transformers' where two tokens tie: on the benchmark it never did).
 """
 
@@ -116,26 +119,61 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 SPARE = 256  # columns a layer's key/value buffer grows by
 
 
+def _room(layer, new: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(key buffer, value buffer, n): an initialized transformers cache layer's n cached columns as the
+    prefix of buffers (B, kv_heads, cap, D) with room for `new` more. Whatever replaced layer.keys
+    other than a prefix view of the buffer (ragged_cache's select / merge / compact) is noticed and
+    copied into a new buffer; a crop's shorter view is not a copy."""
+    keys, buf = layer.keys, layer.__dict__.get("_spectune_kv")
+    n = keys.shape[-2]
+    if buf is None or n + new > buf[0].shape[-2] or not (keys is buf[2] or (
+            keys.data_ptr() == buf[0].data_ptr() and keys.stride() == buf[0].stride()
+            and keys.shape[:2] == buf[0].shape[:2])):
+        shape = (*keys.shape[:2], n + new + SPARE, keys.shape[-1])  # (B, kv_heads, cap, D)
+        buf = (keys.new_empty(shape), layer.values.new_empty(shape))
+        buf[0][:, :, :n] = keys
+        buf[1][:, :, :n] = layer.values
+    return buf[0], buf[1], n
+
+
+def _commit(layer, kbuf: torch.Tensor, vbuf: torch.Tensor, n: int) -> None:
+    layer.keys, layer.values = kbuf[:, :, :n], vbuf[:, :, :n]
+    layer.__dict__["_spectune_kv"] = (kbuf, vbuf, layer.keys)
+
+
 def _append(layer, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A transformers cache layer's update without its per-step concatenation (a copy of the whole
     cache, per layer, per token): keys and values become prefix views of buffers with spare columns,
-    written in place. Whatever else replaces layer.keys (ragged_cache's select / merge / compact, a
-    crop's shorter view) is noticed and copied into a new buffer at the next append."""
+    written in place."""
     if not getattr(layer, "is_initialized", False):
         return layer.update(k, v)
-    buf = layer.__dict__.get("_spectune_kv")
-    n, new = layer.keys.shape[-2], k.shape[-2]
-    if (buf is None or layer.keys.data_ptr() != buf[0].data_ptr() or layer.keys.stride() != buf[0].stride()
-            or layer.keys.shape[:2] != buf[0].shape[:2] or n + new > buf[0].shape[-2]):
-        shape = (*layer.keys.shape[:2], n + new + SPARE, layer.keys.shape[-1])  # (B, kv_heads, cap, D)
-        buf = (layer.keys.new_empty(shape), layer.values.new_empty(shape))
-        buf[0][:, :, :n] = layer.keys
-        buf[1][:, :, :n] = layer.values
-        layer.__dict__["_spectune_kv"] = buf
-    buf[0][:, :, n:n + new] = k
-    buf[1][:, :, n:n + new] = v
-    layer.keys, layer.values = buf[0][:, :, :n + new], buf[1][:, :, :n + new]
+    kbuf, vbuf, n = _room(layer, k.shape[-2])
+    kbuf[:, :, n:n + k.shape[-2]] = k
+    vbuf[:, :, n:n + k.shape[-2]] = v
+    _commit(layer, kbuf, vbuf, n + k.shape[-2])
     return layer.keys, layer.values
+
+
+def _step(stack, x: torch.Tensor, cache, attention_mask, batch: int, new: int, past: int, cos, sin) -> bool:
+    """A decoding step's layers in one call into our kernel (step.c), x (B*T, H) fp32 updated in place;
+    False, nothing done, where it cannot take it (a cache not yet filled, a mask of another width)."""
+    weights = stack.__dict__["_lean_step"]
+    depth = stack.config.num_hidden_layers
+    layers = cache.layers[:depth]
+    if weights is None or past == 0 or len(layers) < depth or not all(
+            getattr(layer, "is_initialized", False) for layer in layers):
+        return False
+    cols = None
+    if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask.shape != (batch, past + new):
+            return False
+        cols = attention_mask.to(torch.uint8).contiguous()
+    rooms = [_room(layer, new) for layer in layers]
+    cpu_kernel.decode_layers(weights, depth, x, batch, new, [r[0] for r in rooms], [r[1] for r in rooms],
+                             [r[0].shape[-2] for r in rooms], past, cos.contiguous(), sin.contiguous(), cols)
+    for layer, (kbuf, vbuf, n) in zip(layers, rooms, strict=True):
+        _commit(layer, kbuf, vbuf, n + new)
+    return True
 
 
 def _mask(attention_mask: torch.Tensor | None, batch: int, new: int, total: int) -> torch.Tensor | None:
@@ -210,7 +248,11 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
     # fewer per layer, the same products (a sign flip is exact).
     half = sin.shape[-1] // 2
     cos, sin = cos[:, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, None]  # (B, 1, T, D)
-    mask = _mask(attention_mask, batch, new, past + new)
+    if folded and cache is not None and not compiling and _step(stack, x, cache, attention_mask, batch, new, past,
+                                                                 cos[:, 0], sin[:, 0]):
+        layers = []  # done, all of them
+    else:
+        mask = _mask(attention_mask, batch, new, past + new)
     for i, (n1, qkv, o_proj, n2, gate_up, down, shape, norms) in enumerate(layers):
         heads, kv_heads, head_dim, inter, eps1, eps2 = shape
         if folded:
@@ -252,6 +294,24 @@ def _head_forward(head, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, head.weight, head.bias)
 
 
+def _step_weights(stack, plan: list) -> cpu_kernel.StepWeights | None:
+    """The plan as step.c's pointer arrays; None where its layers differ in weight type or norm eps (the
+    per-layer calls then)."""
+    norms, weights, scales = [], [], []
+    for _, qkv, o_proj, _, gate_up, down, _, fp32_norms in plan:
+        norms += fp32_norms
+        for fused in (qkv, o_proj, gate_up, down):
+            weights.append(fused[1])
+            scales.append(fused[2])
+    eps = {p[6][4] for p in plan} | {p[6][5] for p in plan}
+    if len({w.dtype for w in weights}) != 1 or len(eps) != 1 or not all(w.is_contiguous() for w in weights):
+        return None
+    heads, kv_heads, head_dim, inter = plan[0][6][:4]
+    return cpu_kernel.StepWeights(norms, weights, scales, {
+        "hidden": stack.config.hidden_size, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
+        "inter": inter, "eps": eps.pop(), "scale": stack.layers[0].self_attn.scaling})
+
+
 def install(model) -> bool:
     """Give the model's decoder stack the lean forward, and a float output layer our kernel (in place);
     False, and nothing changed, when the model does not qualify or has a forward of its own already
@@ -263,6 +323,7 @@ def install(model) -> bool:
     # Whether every layer's products can take the kernels' folded path (a layers:N draft runs a
     # prefix of the same layers, so the answer holds for it too).
     stack.__dict__["_lean_foldable"] = all(_foldable(p[j]) for p in plan for j in (1, 2, 4, 5))
+    stack.__dict__["_lean_step"] = _step_weights(stack, plan) if stack.__dict__["_lean_foldable"] else None
     stack.forward = types.MethodType(_forward, stack)
     head = model.get_output_embeddings()
     if (type(head) is torch.nn.Linear and head.bias is None and head.weight.dtype in FOLDED_DTYPES
@@ -274,6 +335,6 @@ def install(model) -> bool:
 def rebind(original, copy) -> None:
     """A layers:N draft's copy of the stack runs the same lean forward over its own depth."""
     if "_lean_plan" in original.__dict__:
-        for key in ("_lean_plan", "_lean_foldable"):
+        for key in ("_lean_plan", "_lean_foldable", "_lean_step"):
             copy.__dict__[key] = original.__dict__[key]
         copy.forward = types.MethodType(_forward, copy)

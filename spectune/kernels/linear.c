@@ -21,6 +21,8 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "kernels.h"
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -37,9 +39,7 @@
 #define INLINE static inline __attribute__((always_inline))
 
 #ifdef __AVX512F__
-/* Weight kinds: INT8 (with a scale per output), FP32, BF16 (the top half of an fp32). */
-enum { INT8 = 0, FP32 = 1, BF16 = 2 };
-
+/* Weight kinds (kernels.h): INT8 (with a scale per output), FP32, BF16 (the top half of an fp32). */
 /* Elements i..i+63 of a weight row as four vectors of 16 floats. Called with a constant kind `fp`,
  * so each product below is compiled once per weight type. */
 INLINE void load64(const void *w, size_t i, int fp, __m512 v[4]) {
@@ -179,8 +179,8 @@ INLINE void product(const float *x, const void *w, const float *scale, float *y,
 
 /* The product for a weight kind known only at run time: each branch is `product` compiled for one
  * kind. `scale` is read for INT8 only. */
-static void product_of_kind(int kind, const float *x, const void *w, const float *scale, float *y, int m, int in,
-                            int out, int accumulate, int threads) {
+void product_of_kind(int kind, const float *x, const void *w, const float *scale, float *y, int m, int in,
+                     int out, int accumulate, int threads) {
     if (kind == INT8)
         product(x, w, scale, y, m, in, out, accumulate, threads, INT8);
     else if (kind == BF16)
@@ -195,6 +195,26 @@ void linear(const float *x, const void *w, int kind, const float *scale, float *
     product_of_kind(kind, x, w, scale, y, m, in, out, 0, threads);
 }
 
+/* The row operations around the products, one row at a time, the same way whatever m is. */
+void rmsnorm_rows(const float *x, const float *norm, float eps, float *dst, int m, int n) {
+    for (int r = 0; r < m; r++) {
+        const float *src = x + (size_t)r * n;
+        float *d = dst + (size_t)r * n;
+        double ss = 0.0;  /* double: the sum of squares of a few thousand floats, without drift */
+        for (int i = 0; i < n; i++) ss += (double)src[i] * src[i];
+        float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+        for (int i = 0; i < n; i++) d[i] = norm[i] * (src[i] * inv);
+    }
+}
+
+void silu_gate_rows(const float *x, float *dst, int m, int n) {
+    for (int r = 0; r < m; r++) {
+        const float *g = x + (size_t)r * 2 * n, *u = g + n;
+        float *d = dst + (size_t)r * n;
+        for (int i = 0; i < n; i++) d[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}
+
 /* A decoder layer's products with the small operations around them folded in, so that a decoding
  * step is a few calls per layer instead of a dozen tensor operations (each a dispatch of several
  * microseconds on a vector of a few hundred numbers):
@@ -205,19 +225,8 @@ void linear(const float *x, const void *w, int kind, const float *scale, float *
  * whatever m is. `kind`: INT8 (W int8 with `scale`, one per output), FP32 or BF16 (no scale). */
 void layer_op(int mode, const float *x, const float *norm, float eps, const void *w, int kind, const float *scale,
               float *y, float *work, int m, int in, int out, int threads) {
-    for (int r = 0; r < m; r++) {
-        float *dst = work + (size_t)r * in;
-        if (mode == 0) {
-            const float *src = x + (size_t)r * in;
-            double ss = 0.0;  /* double: the sum of squares of a few thousand floats, without drift */
-            for (int i = 0; i < in; i++) ss += (double)src[i] * src[i];
-            float inv = 1.0f / sqrtf((float)(ss / in) + eps);
-            for (int i = 0; i < in; i++) dst[i] = norm[i] * (src[i] * inv);
-        } else if (mode == 2) {
-            const float *g = x + (size_t)r * 2 * in, *u = g + in;
-            for (int i = 0; i < in; i++) dst[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-        }
-    }
+    if (mode == 0) rmsnorm_rows(x, norm, eps, work, m, in);
+    else if (mode == 2) silu_gate_rows(x, work, m, in);
     product_of_kind(kind, mode == 1 ? x : work, w, scale, y, m, in, out, mode != 0, threads);
 }
 

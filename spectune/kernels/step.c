@@ -1,0 +1,140 @@
+/* A whole decoding step of a Llama-family decoder stack in one call: every layer's products
+ * (linear.c), RoPE, the KV cache append and attention, with no Python between them.
+ *
+ * Why: with the products in C, what was left of a SmolLM2-135M step in Python and small tensor
+ * operations (per layer: RoPE, the cache append, SDPA and the reshapes around it, three kernel
+ * calls) cost 8-11 ms a step, as much as reading the weights of a bf16 layer stack. Here it is one
+ * call per step; the caller (decode/lean_llama.py) only makes room in the cache buffers first.
+ *
+ * Layout: x (m = B*T, hidden) fp32, row b*T + t, updated in place (the residual stream). Key and
+ * value buffers per layer (B, KV, cap, D) fp32; columns [0, past) hold the cache, the step writes
+ * [past, past + T). cos and sin (B, T, D) are RoPE's tables with sin's first half negated
+ * (rotate_half(x) * sin == roll(x, D/2) * that), as the Python forward uses them. `cols` (B, past + T),
+ * optional: 1 where a column may be attended (left padding, masked rejected drafts); query t of row
+ * b always sees its own column and never one after it.
+ *
+ * Exactness: each (row, head, query) is computed by the same operations in the same order whatever
+ * T, B or the thread, like the products, so a verification pass of k+1 tokens gives the logits k+1
+ * one-token steps give, bit for bit (tested), and speculative output equals plain output.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#include "kernels.h"
+
+/* q . k over D elements: 16-wide partial sums in one accumulator, reduced, then a scalar tail. */
+static inline float dot(const float *a, const float *b, int d) {
+    int i = 0;
+    float s = 0.0f;
+#ifdef __AVX512F__
+    __m512 acc = _mm512_setzero_ps();
+    for (; i + 16 <= d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    s = _mm512_reduce_add_ps(acc);
+#endif
+    for (; i < d; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* dst[i] = src[i] * cos[i] + src[(i + D/2) % D] * sin[i] (sin sign-folded): RoPE on one head. */
+static inline void rope(const float *src, const float *cos, const float *sin, float *dst, int d) {
+    int half = d / 2;
+    for (int i = 0; i < d; i++) {
+        float a = src[i] * cos[i], b = src[(i + half) % d] * sin[i];
+        dst[i] = a + b;
+    }
+}
+
+/* RoPE on q (into q_out (m, H, D)) and k, and k, v written into the cache buffers at past + t. */
+static void rope_append(const float *qkv, const float *cos, const float *sin, float *q_out, float *kbuf,
+                        float *vbuf, int b_n, int t_n, int heads, int kv, int d, int cap, int past) {
+    int width = (heads + 2 * kv) * d;
+    for (int b = 0; b < b_n; b++)
+        for (int t = 0; t < t_n; t++) {
+            const float *row = qkv + (size_t)(b * t_n + t) * width;
+            const float *c = cos + (size_t)(b * t_n + t) * d, *s = sin + (size_t)(b * t_n + t) * d;
+            for (int h = 0; h < heads; h++) rope(row + h * d, c, s, q_out + ((size_t)(b * t_n + t) * heads + h) * d, d);
+            for (int h = 0; h < kv; h++) {
+                size_t at = (((size_t)b * kv + h) * cap + past + t) * d;
+                rope(row + (heads + h) * d, c, s, kbuf + at, d);
+                const float *v = row + (heads + kv + h) * d;
+                for (int i = 0; i < d; i++) vbuf[at + i] = v[i];
+            }
+        }
+}
+
+/* out (m, H*D): softmax(q k^T * scale) v for every (row, head, query), grouped-query heads sharing
+ * their key/value head. `scores` holds past + T floats per thread. */
+static void attend(const float *q, const float *kbuf, const float *vbuf, const uint8_t *cols, float *out,
+                   float scale, int b_n, int t_n, int heads, int kv, int d, int cap, int past, int threads) {
+    int total = past + t_n, group = heads / kv;
+    #pragma omp parallel num_threads(threads)
+    {
+        float *scores = malloc(sizeof(float) * (size_t)total);
+        #pragma omp for schedule(static)
+        for (int item = 0; item < b_n * t_n * heads; item++) {
+            int h = item % heads, row = item / heads, b = row / t_n, t = row % t_n;
+            const float *qv = q + ((size_t)row * heads + h) * d;
+            const float *keys = kbuf + ((size_t)b * kv + h / group) * cap * d;
+            const float *vals = vbuf + ((size_t)b * kv + h / group) * cap * d;
+            const uint8_t *seen = cols ? cols + (size_t)b * total : NULL;
+            int last = past + t;  /* its own column: the last it may see */
+            float top = -INFINITY;
+            for (int c = 0; c <= last; c++) {
+                if (seen && !seen[c] && c != last) { scores[c] = -INFINITY; continue; }
+                scores[c] = dot(qv, keys + (size_t)c * d, d) * scale;
+                if (scores[c] > top) top = scores[c];
+            }
+            float sum = 0.0f;
+            for (int c = 0; c <= last; c++) {
+                scores[c] = scores[c] == -INFINITY ? 0.0f : expf(scores[c] - top);
+                sum += scores[c];
+            }
+            float *o = out + ((size_t)row * heads + h) * d;
+            for (int i = 0; i < d; i++) o[i] = 0.0f;
+            for (int c = 0; c <= last; c++) {
+                float p = scores[c] / sum;
+                if (p == 0.0f) continue;
+                const float *v = vals + (size_t)c * d;
+                for (int i = 0; i < d; i++) o[i] += p * v[i];
+            }
+        }
+        free(scores);
+    }
+}
+
+/* The decoder layers over x in place. Per layer l: norms[2l], norms[2l+1] (fp32, hidden); weights
+ * w[4l..4l+3] = fused q/k/v (out (H+2KV)*D), o (hidden), fused gate/up (2*inter), down (hidden), all
+ * of one `kind`, with scales s[...] for INT8 (NULL entries otherwise); keys[l], values[l] its
+ * cache buffers, caps[l] columns wide. */
+void decode_layers(int layers, float *x, int b_n, int t_n, int hidden, const float *const *norms, float eps,
+                   const void *const *w, const float *const *s, int kind, int heads, int kv, int d, int inter,
+                   float *const *keys, float *const *values, const int *caps, int past, const float *cos,
+                   const float *sin, const uint8_t *cols, float scale, int threads) {
+    int m = b_n * t_n, qkv_w = (heads + 2 * kv) * d;
+    int widest = qkv_w > 2 * inter ? qkv_w : 2 * inter;
+    float *normed = malloc(sizeof(float) * (size_t)m * hidden);
+    float *wide = malloc(sizeof(float) * (size_t)m * widest);        /* q/k/v, then gate/up */
+    float *q = malloc(sizeof(float) * (size_t)m * heads * d);
+    float *att = malloc(sizeof(float) * (size_t)m * heads * d);
+    float *gated = malloc(sizeof(float) * (size_t)m * inter);
+    for (int l = 0; l < layers; l++) {
+        rmsnorm_rows(x, norms[2 * l], eps, normed, m, hidden);
+        product_of_kind(kind, normed, w[4 * l], s[4 * l], wide, m, hidden, qkv_w, 0, threads);
+        rope_append(wide, cos, sin, q, keys[l], values[l], b_n, t_n, heads, kv, d, caps[l], past);
+        attend(q, keys[l], values[l], cols, att, scale, b_n, t_n, heads, kv, d, caps[l], past, threads);
+        product_of_kind(kind, att, w[4 * l + 1], s[4 * l + 1], x, m, heads * d, hidden, 1, threads);
+        rmsnorm_rows(x, norms[2 * l + 1], eps, normed, m, hidden);
+        product_of_kind(kind, normed, w[4 * l + 2], s[4 * l + 2], wide, m, hidden, 2 * inter, 0, threads);
+        silu_gate_rows(wide, gated, m, inter);
+        product_of_kind(kind, gated, w[4 * l + 3], s[4 * l + 3], x, m, inter, hidden, 1, threads);
+    }
+    free(normed);
+    free(wide);
+    free(q);
+    free(att);
+    free(gated);
+}
