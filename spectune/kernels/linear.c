@@ -67,6 +67,19 @@ INLINE void load64(const void *w, size_t i, int fp, __m512 v[4]) {
     }
 }
 
+INLINE void prefetch64(const void *w, size_t i, int fp) {
+    if (fp == BF16) {
+        const char *h = (const char *)((const uint16_t *)w + i);
+        _mm_prefetch(h + PREFETCH, _MM_HINT_T0);
+        _mm_prefetch(h + PREFETCH + 64, _MM_HINT_T0);
+    } else if (fp == FP32) {
+        const char *f = (const char *)((const float *)w + i);
+        for (int j = 0; j < 4; j++) _mm_prefetch(f + PREFETCH_FP32 + 64 * j, _MM_HINT_T0);
+    } else {
+        _mm_prefetch((const char *)((const int8_t *)w + i) + PREFETCH, _MM_HINT_T0);
+    }
+}
+
 INLINE __m512 load16(const void *w, size_t i, int fp) {
     if (fp == BF16)
         return _mm512_castsi512_ps(_mm512_slli_epi32(
@@ -99,16 +112,15 @@ INLINE void tile(const float *x, size_t ldx, int xr, const void *w, size_t ldw, 
         for (int j = 0; j < xr; j++) acc[r][j] = _mm512_setzero_ps();
     int i = 0;
     for (; i + 64 <= n; i += 64) {
-        for (int r = 0; r < wr; r++) {
+        for (int r = 0; r < wr; r++) prefetch64((const char *)w + r * ldw * es, i, fp);
+        /* 16 elements at a time: each weight vector and each x vector is loaded once for the tile
+         * (wr + xr loads for wr * xr FMAs); every pair still gets its four FMAs per 64 in order. */
+        for (int s = 0; s < 64; s += 16) {
             __m512 v[4];
-            load64((const char *)w + r * ldw * es, i, fp, v);
+            for (int r = 0; r < wr; r++) v[r] = load16((const char *)w + r * ldw * es, i + s, fp);
             for (int j = 0; j < xr; j++) {
-                const float *xj = x + j * ldx + i;
-                __m512 a = acc[r][j];
-                a = _mm512_fmadd_ps(v[0], _mm512_loadu_ps(xj), a);
-                a = _mm512_fmadd_ps(v[1], _mm512_loadu_ps(xj + 16), a);
-                a = _mm512_fmadd_ps(v[2], _mm512_loadu_ps(xj + 32), a);
-                acc[r][j] = _mm512_fmadd_ps(v[3], _mm512_loadu_ps(xj + 48), a);
+                __m512 xv = _mm512_loadu_ps(x + j * ldx + i + s);
+                for (int r = 0; r < wr; r++) acc[r][j] = _mm512_fmadd_ps(v[r], xv, acc[r][j]);
             }
         }
     }
@@ -146,6 +158,13 @@ INLINE void tile_fixed(const float *x, size_t ldx, int xr, const void *w, size_t
     else if (wr == 4 && xr == 3) tile(x, ldx, 3, w, ldw, 4, n, out, fp);
     else if (wr == 4 && xr == 4) tile(x, ldx, 4, w, ldw, 4, n, out, fp);
     else if (wr == 2 && xr == 8) tile(x, ldx, 8, w, ldw, 2, n, out, fp);
+    else if (wr == 2 && xr == 7) tile(x, ldx, 7, w, ldw, 2, n, out, fp);
+    else if (wr == 2 && xr == 6) tile(x, ldx, 6, w, ldw, 2, n, out, fp);
+    else if (wr == 2 && xr == 5) tile(x, ldx, 5, w, ldw, 2, n, out, fp);
+    else if (wr == 2 && xr == 4) tile(x, ldx, 4, w, ldw, 2, n, out, fp);
+    else if (wr == 2 && xr == 3) tile(x, ldx, 3, w, ldw, 2, n, out, fp);
+    else if (wr == 2 && xr == 2) tile(x, ldx, 2, w, ldw, 2, n, out, fp);
+    else if (wr == 2 && xr == 1) tile(x, ldx, 1, w, ldw, 2, n, out, fp);
     else tile(x, ldx, xr, w, ldw, wr, n, out, fp);
 }
 
