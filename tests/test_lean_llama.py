@@ -38,6 +38,22 @@ def test_lean_forward_gives_transformers_logits_prefill_cached_and_ragged():
             torch.testing.assert_close(lb.keys, la.keys, atol=1e-5, rtol=1e-5)
 
 
+def test_lean_step_attention_over_a_long_cache_gives_transformers_logits():
+    from transformers import DynamicCache
+
+    hf, lean = sharp_llama(), sharp_llama()
+    lean_llama.install(lean)
+    prompt = torch.tensor([[(5 * i) % 120 + 1 for i in range(70)]])  # 4 blocks of 16 columns and a tail
+    caches = [DynamicCache(config=hf.config), DynamicCache(config=hf.config)]
+    with torch.no_grad():
+        hf(prompt, cache=caches[0])
+        lean(prompt, cache=caches[1])
+        for step in ([[3, 4, 5, 6, 7]], [[8]], [[9, 10, 11]]):
+            a = hf(torch.tensor(step), cache=caches[0]).logits
+            b = lean(torch.tensor(step), cache=caches[1]).logits
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
 def test_lean_forward_leaves_weights_unduplicated_and_drafts_at_depth():
     def stored(m):  # bytes of the distinct storages behind the parameters
         return sum({p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in m.parameters()}.values())
@@ -151,17 +167,20 @@ def test_a_step_is_one_kernel_call_and_a_pass_of_k_tokens_gives_k_steps_logits_b
     calls = []
     real = cpu_kernel.decode_layers
     monkeypatch.setattr(cpu_kernel, "decode_layers", lambda *a: calls.append(a[2].shape) or real(*a))
-    ids, mask = left_pad(PROMPTS, 0)  # a ragged batch: the step's column mask is in play
+    # A ragged batch (the step's column mask in play) with a row long enough that the four queries
+    # of the pass straddle attention's 16-column blocks.
+    prompts = [*PROMPTS, [(7 * i) % 97 + 1 for i in range(45)]]
+    ids, mask = left_pad(prompts, 0)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
         forward_batch(model, ids, mask, cache)  # the prompt: torch's products, not the step kernel
         assert not calls
         other = copy.deepcopy(cache)
-        fed = torch.tensor([[7, 8, 9, 10]] * len(PROMPTS))
+        fed = torch.tensor([[7, 8, 9, 10]] * len(prompts))
         whole, _ = forward_batch(model, fed, torch.cat([mask, torch.ones_like(fed)], 1), cache)  # (B, 4, V)
-        assert calls == [(len(PROMPTS) * 4, model.config.hidden_size)]  # all layers in one call
+        assert calls == [(len(prompts) * 4, model.config.hidden_size)]  # all layers in one call
         for t in range(4):
-            mask = torch.cat([mask, torch.ones(len(PROMPTS), 1, dtype=mask.dtype)], 1)
+            mask = torch.cat([mask, torch.ones(len(prompts), 1, dtype=mask.dtype)], 1)
             one, _ = forward_batch(model, fed[:, t:t + 1], mask, other)
             assert torch.equal(one[:, 0], whole[:, t])  # bit for bit: what makes speculation exact
     for la, lb in zip(cache.layers, other.layers, strict=True):

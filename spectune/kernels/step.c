@@ -39,6 +39,38 @@ static inline float dot(const float *a, const float *b, int d) {
     return s;
 }
 
+#ifdef __AVX512F__
+/* Lane j of the result: the sum of v[j]'s 16 lanes (a transpose-and-add tree, 16 sums at the cost
+ * of about two). */
+static inline __m512 sum16(const __m512 v[16]) {
+    __m512 y[4];
+    for (int g = 0; g < 4; g++) {
+        const __m512 *a = v + 4 * g;
+        __m512 x01 = _mm512_add_ps(_mm512_unpacklo_ps(a[0], a[1]), _mm512_unpackhi_ps(a[0], a[1]));
+        __m512 x23 = _mm512_add_ps(_mm512_unpacklo_ps(a[2], a[3]), _mm512_unpackhi_ps(a[2], a[3]));
+        y[g] = _mm512_add_ps(_mm512_shuffle_ps(x01, x23, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(x01, x23, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(y[0], y[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(y[0], y[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(y[2], y[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(y[2], y[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* out[j] = q . keys[j] for 16 consecutive keys (d a multiple of 16). */
+static inline __m512 dot16(const float *q, const float *keys, int d) {
+    __m512 acc[16];
+    for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
+    for (int i = 0; i < d; i += 16) {
+        __m512 qv = _mm512_loadu_ps(q + i);
+        for (int j = 0; j < 16; j++) acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(keys + (size_t)j * d + i), acc[j]);
+    }
+    return sum16(acc);
+}
+#endif
+
 /* dst[i] = src[i] * cos[i] + src[(i + D/2) % D] * sin[i] (sin sign-folded): RoPE on one head. */
 static inline void rope(const float *src, const float *cos, const float *sin, float *dst, int d) {
     int half = d / 2;
@@ -66,8 +98,50 @@ static void rope_append(const float *qkv, const float *cos, const float *sin, fl
         }
 }
 
+#ifdef __AVX512F__
+/* e^x for 16 lanes (x <= 0 here: scores minus their maximum): Cephes' expf, range reduction by
+ * ln 2 and a degree-6 polynomial, about 1 ulp; lanes below -87.3 (masked columns) give 0. */
+static inline __m512 exp16(__m512 x) {
+    __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+    return _mm512_maskz_mov_ps(~tiny, _mm512_scalef_ps(y, n));
+}
+#endif
+
+/* scores[0..n) = exp(scores - top) in place; returns their sum. Blocks of 16 from column 0, then a
+ * scalar tail: the same operations for a column whatever the pass (they depend on n alone). */
+static inline float exp_sum(float *scores, int n, float top) {
+    int c = 0;
+    float sum = 0.0f;
+#ifdef __AVX512F__
+    __m512 acc = _mm512_setzero_ps(), t = _mm512_set1_ps(top);
+    for (; c + 16 <= n; c += 16) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(scores + c), t));
+        _mm512_storeu_ps(scores + c, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    sum = _mm512_reduce_add_ps(acc);
+#endif
+    for (; c < n; c++) {
+        scores[c] = scores[c] == -INFINITY ? 0.0f : expf(scores[c] - top);
+        sum += scores[c];
+    }
+    return sum;
+}
+
 /* out (m, H*D): softmax(q k^T * scale) v for every (row, head, query), grouped-query heads sharing
- * their key/value head. `scores` holds past + T floats per thread. */
+ * their key/value head. Each (row, head, query) is one task, its columns in order. */
 static void attend(const float *q, const float *kbuf, const float *vbuf, const uint8_t *cols, float *out,
                    float scale, int b_n, int t_n, int heads, int kv, int d, int cap, int past, int threads) {
     int total = past + t_n, group = heads / kv;
@@ -83,23 +157,62 @@ static void attend(const float *q, const float *kbuf, const float *vbuf, const u
             const uint8_t *seen = cols ? cols + (size_t)b * total : NULL;
             int last = past + t;  /* its own column: the last it may see */
             float top = -INFINITY;
-            for (int c = 0; c <= last; c++) {
-                if (seen && !seen[c] && c != last) { scores[c] = -INFINITY; continue; }
+            int c = 0;
+#ifdef __AVX512F__
+            /* Blocks of 16 columns from column 0, then one at a time: which way a column's score is
+             * summed depends on `last` alone, the same in a one-token step and a verification pass. */
+            if (d % 16 == 0) {
+                __m512 s = _mm512_set1_ps(scale), best = _mm512_set1_ps(-INFINITY);
+                for (; c + 16 <= last + 1; c += 16) {
+                    __m512 sc = _mm512_mul_ps(dot16(qv, keys + (size_t)c * d, d), s);
+                    _mm512_storeu_ps(scores + c, sc);
+                    best = _mm512_max_ps(best, sc);
+                }
+                top = _mm512_reduce_max_ps(best);
+            }
+#endif
+            for (; c <= last; c++) {
                 scores[c] = dot(qv, keys + (size_t)c * d, d) * scale;
                 if (scores[c] > top) top = scores[c];
             }
-            float sum = 0.0f;
-            for (int c = 0; c <= last; c++) {
-                scores[c] = scores[c] == -INFINITY ? 0.0f : expf(scores[c] - top);
-                sum += scores[c];
+            if (seen) {  /* masked columns (never its own) count for nothing; the maximum among the rest */
+                top = -INFINITY;
+                for (c = 0; c <= last; c++) {
+                    if (!seen[c] && c != last) scores[c] = -INFINITY;
+                    else if (scores[c] > top) top = scores[c];
+                }
             }
+            float inv = 1.0f / exp_sum(scores, last + 1, top);
             float *o = out + ((size_t)row * heads + h) * d;
-            for (int i = 0; i < d; i++) o[i] = 0.0f;
-            for (int c = 0; c <= last; c++) {
-                float p = scores[c] / sum;
-                if (p == 0.0f) continue;
-                const float *v = vals + (size_t)c * d;
-                for (int i = 0; i < d; i++) o[i] += p * v[i];
+            int i = 0;
+#ifdef __AVX512F__
+            for (; i + 64 <= d; i += 64) {  /* four lanes of 16 per pass over the values */
+                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                for (int c = 0; c <= last; c++) {
+                    __m512 p = _mm512_set1_ps(scores[c]);
+                    const float *v = vals + (size_t)c * d + i;
+                    a0 = _mm512_fmadd_ps(p, _mm512_loadu_ps(v), a0);
+                    a1 = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16), a1);
+                    a2 = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 32), a2);
+                    a3 = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 48), a3);
+                }
+                __m512 s = _mm512_set1_ps(inv);
+                _mm512_storeu_ps(o + i, _mm512_mul_ps(a0, s));
+                _mm512_storeu_ps(o + i + 16, _mm512_mul_ps(a1, s));
+                _mm512_storeu_ps(o + i + 32, _mm512_mul_ps(a2, s));
+                _mm512_storeu_ps(o + i + 48, _mm512_mul_ps(a3, s));
+            }
+            for (; i + 16 <= d; i += 16) {
+                __m512 acc = _mm512_setzero_ps();
+                for (int c = 0; c <= last; c++)
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(scores[c]), _mm512_loadu_ps(vals + (size_t)c * d + i), acc);
+                _mm512_storeu_ps(o + i, _mm512_mul_ps(acc, _mm512_set1_ps(inv)));
+            }
+#endif
+            for (; i < d; i++) {
+                float acc = 0.0f;
+                for (int c = 0; c <= last; c++) acc += scores[c] * vals[(size_t)c * d + i];
+                o[i] = acc * inv;
             }
         }
         free(scores);
