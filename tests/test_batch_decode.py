@@ -75,6 +75,26 @@ def test_speculative_batch_equals_plain_for_every_drafter(target, alone):
     assert all(r.metrics.acceptance == 1.0 and r.metrics.tau > 3 for r in requests)
 
 
+def test_verification_passes_stay_within_the_kernels_rows(target, alone, monkeypatch):
+    """An oracle keeps drafts flowing, so k grows; every pass must stay below STEP_ROWS rows (where
+    our kernels compute each row as a one-token step does), whatever the batch size."""
+    from spectune.decode import engine
+
+    sizes = []
+    real = engine.forward_batch
+    monkeypatch.setattr(engine, "forward_batch",
+                        lambda m, ids, *a, **kw: sizes.append(ids.shape) or real(m, ids, *a, **kw))
+    for rows in (1, 4, 8):
+        prompts = (PROMPTS * 2)[:rows]
+        requests = [Request(p, max_new_tokens=30) for p in prompts]
+        sizes.clear()
+        batched(target, requests, drafter=Oracle(alone), k=12)
+        steps = sizes[1:]  # after the prompts' pass
+        assert max(b * t for b, t in steps) < engine.STEP_ROWS
+        assert max(t for _, t in steps) == min(13, (engine.STEP_ROWS - 1) // rows)  # as long as allowed
+        assert [r.metrics.new_tokens for r in requests] == [30] * rows
+
+
 def test_rows_stop_on_their_own(target, alone):
     eos = alone[1][6]  # row 1 meets this token at its 7th step (other rows may meet it too)
     requests = [Request(p, max_new_tokens=n, eos={eos}) for p, n in zip(PROMPTS, (30, 30, 5, 12), strict=True)]

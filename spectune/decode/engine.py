@@ -228,7 +228,7 @@ class Batch:
         # A verification pass stays within the rows our kernels take (STEP_ROWS), so every row of it
         # is computed as a one-token step computes it, bit for bit: batch 4 drafts at most 6 tokens a
         # row, batch 16 and over none (plain decoding, which is what a batch that large wants anyway).
-        most = STEP_ROWS // len(self.rows) - 1
+        most = (STEP_ROWS - 1) // len(self.rows) - 1
         for r in self.rows:
             budget = r.max_new_tokens - r.metrics.new_tokens  # tokens this row may still emit
             want = min(r.plan.next() if r.plan else r.k, budget - 1, most) if r.drafter is not None else 0
