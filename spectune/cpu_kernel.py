@@ -1,11 +1,13 @@
-"""Our CPU decoding kernels (spectune/kernels/linear.c), built on first use: the int8 product of
-`--quantize int8`, and the folded layer operations and float output-layer product our decoding
-forward (decode/lean_llama.py) uses, for int8, fp32 and bf16 weights.
+"""Our CPU decoding kernels (spectune/kernels/), built on first use: the int8 product of
+`--quantize int8` (linear.c), and what our decoding forward (decode/lean_llama.py) uses, for int8,
+fp32 and bf16 weights: a whole decoding step's layers in one call (step.c: norms, products, RoPE,
+KV cache append, attention), the folded per-layer operations of a short first pass, and the float
+output layer's product.
 
 Why C: torch's weight-only int8 kernels run at about 9-10 GB/s of weights here, bound by widening
 int8 to float rather than by reading memory, which left int8 decoding barely faster than fp32; and
 at batch 1 a decoding step's dozen small tensor operations per layer cost as much as its products
-(see the C file). The kernels are plain C with AVX-512 where the CPU has it (a portable loop
+(see the C files). The kernels are plain C with AVX-512 where the CPU has it (a portable loop
 otherwise), compiled once per machine with the system's C compiler into `$SPECTUNE_HOME/kernels/`,
 and called through ctypes (which releases the GIL).
 
