@@ -13,7 +13,7 @@ per kind: tokens/s, ratios, tau (tokens per target pass),
 acceptance, and whether every output equals the reference token for token. Then batch 4 against
 batch 1, and each plain decoder as a fraction of the weight-read bound (bytes of weights per token
 over the memory bandwidth measured in the same run).
-Usage: python bench/decode.py [--per-kind 8] [--dtypes fp32,bf16,int8] [--max-new-tokens 64] [--compile]
+Usage: python bench/decode.py [--per-kind 8] [--dtypes fp32,bf16,int8] [--max-new-tokens 128] [--compile]
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def pick_prompts(per_kind: int, kinds: str | None = None, path: str | None = Non
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--per-kind", type=int, default=8, help="prompts of each kind (at most 8)")
     ap.add_argument("--dtypes", default="fp32,bf16,int8")
     ap.add_argument("--layers", type=int, default=8, help="N for the layers:N draft")

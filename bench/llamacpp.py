@@ -14,7 +14,7 @@ minutes here) in the bench's environment. Its default native build crashed on th
 AMX instructions at the first evaluation (segmentation fault); without them it runs:
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON" \
         pip install llama-cpp-python==0.3.36
-Usage: python bench/llamacpp.py [--per-kind 2] [--max-new-tokens 64] [--json bench/llamacpp.json]
+Usage: python bench/llamacpp.py [--per-kind 2] [--max-new-tokens 128] [--json bench/llamacpp.json]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from decode import load, pick_prompts
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--per-kind", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="bench/llamacpp.json")
     a = ap.parse_args()

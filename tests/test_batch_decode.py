@@ -75,9 +75,10 @@ def test_speculative_batch_equals_plain_for_every_drafter(target, alone):
     assert all(r.metrics.acceptance == 1.0 and r.metrics.tau > 3 for r in requests)
 
 
-def test_verification_passes_stay_within_the_kernels_rows(target, alone, monkeypatch):
+def test_prompts_pass_alone_and_verification_passes_stay_within_the_kernels_rows(target, alone, monkeypatch):
     """An oracle keeps drafts flowing, so k grows; every pass must stay below STEP_ROWS rows (where
-    our kernels compute each row as a one-token step does), whatever the batch size."""
+    our kernels compute each row as a one-token step does), whatever the batch size. Prompts are
+    prefilled one at a time (their caches merged), not as one padded pass."""
     from spectune.decode import engine
 
     sizes = []
@@ -89,7 +90,8 @@ def test_verification_passes_stay_within_the_kernels_rows(target, alone, monkeyp
         requests = [Request(p, max_new_tokens=30) for p in prompts]
         sizes.clear()
         batched(target, requests, drafter=Oracle(alone), k=12)
-        steps = sizes[1:]  # after the prompts' pass
+        assert sizes[:rows] == [(1, len(p)) for p in prompts]  # each prompt alone, no padding multiplied
+        steps = sizes[rows:]
         assert max(b * t for b, t in steps) < engine.STEP_ROWS
         assert max(t for _, t in steps) == min(13, (engine.STEP_ROWS - 1) // rows)  # as long as allowed
         assert [r.metrics.new_tokens for r in requests] == [30] * rows

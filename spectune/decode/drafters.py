@@ -25,12 +25,13 @@ class LookupDrafter:
     """Prompt look-up: continue the longest recent n-gram of the context that occurred before.
 
     A match of a single token is not used (min_ngram), and one of two tokens (or fewer, where
-    min_ngram allows) drafts at most `two_token_drafts` tokens: a short match predicts the next tokens poorly, and a verification pass of k tokens costs
-    more than a one-token step (fp32 about 1.3x at k=4, int8 about 1.5x on this CPU). Chosen in a
-    simulation over greedy outputs of the prompts bench/decode.py does not time (prompts 2-7 of each
-    kind), with the measured pass costs: over the previous defaults (n-grams of 1 to 3, no cap) the
-    mean speed-up rose about 4% in fp32, bf16 and int8 alike, and summarization's and retrieval's
-    more (code editing, where one-token matches pay, lost about 3% on the tuning prompts)."""
+    min_ngram allows) drafts at most `two_token_drafts` tokens: a short match predicts the next
+    tokens poorly, and a verification pass of k tokens costs more than a one-token step (fp32 about
+    1.3x at k=4, int8 about 1.5x on this CPU). Chosen in a simulation over greedy outputs of the
+    prompts bench/decode.py does not time (prompts 2-7 of each kind), with the measured pass costs:
+    over the previous defaults (n-grams of 1 to 3, no cap) the mean speed-up rose about 4% in fp32,
+    bf16 and int8 alike, summarization's and retrieval's more (code editing, where one-token matches
+    pay, lost about 3% on the tuning prompts)."""
 
     def __init__(self, max_ngram: int = 5, min_ngram: int = 2, two_token_drafts: int = 4):
         self.max_ngram, self.min_ngram, self.two_token_drafts = max_ngram, min_ngram, two_token_drafts
