@@ -223,3 +223,34 @@ def decode_layers(plan: StepWeights, layers: int, x: torch.Tensor, batch: int, n
                        (ctypes.c_void_p * layers)(*(k.data_ptr() for k in keys)),
                        (ctypes.c_void_p * layers)(*(v.data_ptr() for v in values)), (ctypes.c_int * layers)(*caps),
                        past, cos.data_ptr(), sin.data_ptr(), _ptr(cols), p["scale"], torch.get_num_threads())
+
+
+_MADV_HUGEPAGE, _MADV_COLLAPSE, _HUGE = 14, 25, 2 << 20
+
+
+def huge_pages(tensors: list[torch.Tensor]) -> int:
+    """Ask Linux to back these tensors' storages with 2 MB pages (madvise HUGEPAGE, then COLLAPSE, which
+    moves the pages already there; Linux 6.1+), best effort; returns the bytes collapsed.
+
+    Why: a decoding step streams every weight once, and with 4 KB pages that is a TLB miss every 4 KB
+    (every 4096 int8 weights). On this machine (transparent huge pages on request only) the int8 and
+    bf16 products read their weights up to a quarter faster from 2 MB pages (side measurement; fp32,
+    bound by bandwidth, barely changes). Only whole 2 MB pages inside a storage are advised, so no
+    other allocation's memory is touched."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return 0
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    done, seen = 0, set()
+    for t in tensors:
+        storage = t.untyped_storage()
+        start, size = storage.data_ptr(), storage.nbytes()
+        if start in seen or size < 2 * _HUGE or t.device.type != "cpu":
+            continue
+        seen.add(start)
+        first, end = (start + _HUGE - 1) & ~(_HUGE - 1), (start + size) & ~(_HUGE - 1)
+        if end > first and libc.madvise(first, end - first, _MADV_HUGEPAGE) == 0 \
+                and libc.madvise(first, end - first, _MADV_COLLAPSE) == 0:
+            done += end - first
+    return done

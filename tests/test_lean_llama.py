@@ -224,3 +224,11 @@ def test_int8_product_inside_torch_compile_is_the_custom_op_with_the_same_result
     x = torch.randn(3, 40)
     compiled = torch.compile(lambda a: torch.relu(cpu_kernel.linear(a, w, scale)) + 1, fullgraph=True)
     torch.testing.assert_close(compiled(x), torch.relu(cpu_kernel.linear(x, w, scale)) + 1)
+
+
+def test_huge_pages_advice_leaves_values_and_small_tensors_alone():
+    big, small = torch.randn(3 << 20), torch.randn(1000)  # 12 MB and 4 KB
+    before = big.clone(), small.clone()
+    done = cpu_kernel.huge_pages([big, big[5:], small])  # the same storage twice counts once
+    assert done % (2 << 20) == 0 and done <= big.numel() * 4
+    assert torch.equal(big, before[0]) and torch.equal(small, before[1])

@@ -326,6 +326,9 @@ def install(model) -> bool:
     stack.__dict__["_lean_step"] = _step_weights(stack, plan) if stack.__dict__["_lean_foldable"] else None
     stack.forward = types.MethodType(_forward, stack)
     head = model.get_output_embeddings()
+    weights = [p[j][1] for p in plan for j in (1, 2, 4, 5) if p[j][0] != "modules"]
+    cpu_kernel.huge_pages([*weights, *(m.weight_int8 if isinstance(m, Int8Linear) else m.weight for m in [head]
+                                       if isinstance(m, Int8Linear | torch.nn.Linear))])
     if (type(head) is torch.nn.Linear and head.bias is None and head.weight.dtype in FOLDED_DTYPES
             and head.weight.is_contiguous()):
         head.forward = types.MethodType(_head_forward, head)
