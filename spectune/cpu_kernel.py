@@ -116,6 +116,19 @@ def _cpu_flags() -> str:
     return ""
 
 
+def amx_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices on AMX tiles (torch's oneDNN uses them): there a bf16
+    prompt product runs several times faster than an fp32 one (1.4 TFLOPS against 0.27 measured
+    here); elsewhere bf16 products may be slower than fp32."""
+    global _AMX
+    if _AMX is None:
+        _AMX = "amx_bf16" in _cpu_flags().split()
+    return _AMX
+
+
+_AMX: bool | None = None
+
+
 def available() -> bool:
     return library() is not None
 

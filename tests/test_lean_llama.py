@@ -232,3 +232,21 @@ def test_huge_pages_advice_leaves_values_and_small_tensors_alone():
     done = cpu_kernel.huge_pages([big, big[5:], small])  # the same storage twice counts once
     assert done % (2 << 20) == 0 and done <= big.numel() * 4
     assert torch.equal(big, before[0]) and torch.equal(small, before[1])
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
+def test_int8_prompts_on_bf16_matrix_units_stay_close_and_speculation_stays_exact(monkeypatch):
+    from transformers import DynamicCache
+
+    model = quantize_int8(sharp_llama())
+    lean_llama.install(model)
+    prompt = [(11 * i) % 150 + 1 for i in range(40)]  # 40 rows: a prompt pass, not a step
+    logits = {}
+    for amx in (False, True):
+        monkeypatch.setattr(cpu_kernel, "_AMX", amx)
+        with torch.no_grad():
+            logits[amx] = model(torch.tensor([prompt]), cache=DynamicCache(config=model.config)).logits
+    torch.testing.assert_close(logits[True], logits[False], atol=0.05 * logits[False].abs().max().item(), rtol=0)
+    plain = [t for c in decode(model, prompt, max_new_tokens=24) for t in c]
+    assert [t for c in decode(model, prompt, max_new_tokens=24, drafter=LookupDrafter()) for t in c] == plain
+    assert [t for c in decode(model, prompt, max_new_tokens=24, drafter=layers_drafter(model, 1)) for t in c] == plain
