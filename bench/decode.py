@@ -174,7 +174,33 @@ def batch_rows(model, tok, prompts, outs, rows, max_new_tokens, eos, lookup, pla
             "tokens_per_s": sum(map(len, got.values())) / seconds,
             "batch1_tokens_per_s": sum(r["new_tokens"] for r in solo) / sum(r["seconds"] for r in solo),
             "exact": all(got[id(r)] == outs[p["id"], name] for r, p in zip(requests, chosen, strict=True))}
+        result[f"streams4 {name}"] = streams(model, tok, prompts, outs, rows, max_new_tokens, eos, drafter, name)
     return result
+
+
+def streams(model, tok, prompts, outs, rows, max_new_tokens, eos, drafter, name, width: int = 4) -> dict:
+    """Every prompt of the run through 4 concurrent streams, as a server batches them (continuous
+    batching: a prompt joins as soon as a row finishes), against the same prompts one at a time."""
+    from spectune.decode.engine import Batch, Request
+    from spectune.generate import prompt_ids
+
+    queue = [(p, Request(prompt_ids(tok, p["messages"])[0].tolist(), max_new_tokens=max_new_tokens, eos=eos))
+             for p in prompts]
+    got = {id(r): [] for _, r in queue}
+    batch = Batch(model, drafter=drafter, pad_id=0)
+    waiting = list(queue)
+    t0 = time.perf_counter()
+    while waiting or len(batch):
+        joining = [r for _, r in waiting[:width - len(batch)]]
+        waiting = waiting[len(joining):]
+        events = batch.add(joining) if joining else batch.step()
+        for r, tokens in events:
+            got[id(r)] += tokens
+    seconds = time.perf_counter() - t0
+    solo = [r for r in rows if r["decoder"] == name]
+    return {"tokens_per_s": sum(map(len, got.values())) / seconds,
+            "batch1_tokens_per_s": sum(r["new_tokens"] for r in solo) / sum(r["seconds"] for r in solo),
+            "exact": all(got[id(r)] == outs[p["id"], name] for p, r in queue)}
 
 
 def num(x) -> str:
@@ -291,7 +317,7 @@ def main() -> None:
     print("\n| dtype | setting | tokens/s | batch 1 tokens/s | ratio | same text as batch 1 |")
     print("|---|---|---|---|---|---|")
     for dtype, e in extra.items():
-        for name in [n for n in e if n.startswith("batch4 ")]:
+        for name in [n for n in e if n.startswith(("batch4 ", "streams4 "))]:
             b = e[name]
             print(f"| {dtype} | {name} | {b['tokens_per_s']:.1f} | {b['batch1_tokens_per_s']:.1f} | "
                   f"{b['tokens_per_s'] / b['batch1_tokens_per_s']:.2f}x | {'yes' if b['exact'] else 'NO'} |")
