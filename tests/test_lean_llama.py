@@ -250,3 +250,11 @@ def test_int8_prompts_on_bf16_matrix_units_stay_close_and_speculation_stays_exac
     plain = [t for c in decode(model, prompt, max_new_tokens=24) for t in c]
     assert [t for c in decode(model, prompt, max_new_tokens=24, drafter=LookupDrafter()) for t in c] == plain
     assert [t for c in decode(model, prompt, max_new_tokens=24, drafter=layers_drafter(model, 1)) for t in c] == plain
+
+
+def test_kernels_are_not_used_on_a_cpu_without_avx512(monkeypatch, capsys):
+    monkeypatch.setattr(cpu_kernel, "_LIB", None)
+    monkeypatch.setattr(cpu_kernel, "_FAILED", None)
+    monkeypatch.setattr(cpu_kernel, "_cpu_flags", lambda: "flags : fpu sse2 avx avx2 fma")
+    assert not cpu_kernel.available()
+    assert "no AVX-512" in capsys.readouterr().err
