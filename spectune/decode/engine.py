@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..quantize import Int8Linear
 from . import ragged_cache
 from .draft_length import AdaptiveK, CostAwareK
+from .lean_llama import STEP_ROWS  # passes of fewer rows are our kernels' steps; longer ones MKL's, whose bits differ
 from .sampling import Sampling, distribution
 from .speculative import verify
 
@@ -167,11 +167,6 @@ class Request:
         p = torch.stack([distribution(logits[i], torch.cat([ctx, torch.tensor(drafts[:i], dtype=torch.long)]),
                                       self.sampling) for i in range(len(drafts) + 1)])
         return verify(p, drafts, q, self.gen)
-
-
-# Passes of fewer rows are decoding steps for our kernels (int8 layers, lean_llama's forward); longer
-# ones go to MKL, whose bits differ.
-STEP_ROWS = Int8Linear.DEQUANTIZE_FROM
 
 
 class Batch:
