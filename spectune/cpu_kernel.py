@@ -1,8 +1,7 @@
 """Our CPU decoding kernels (spectune/kernels/), built on first use: the int8 product of
 `--quantize int8` (linear.c), and what our decoding forward (decode/lean_llama.py) uses, for int8,
 fp32 and bf16 weights: a whole decoding step's layers in one call (step.c: norms, products, RoPE,
-KV cache append, attention), the folded per-layer operations of a short first pass, and the float
-output layer's product.
+KV cache append, attention) and the float output layer's product.
 
 Why C: torch's weight-only int8 kernels run at about 9-10 GB/s of weights here, bound by widening
 int8 to float rather than by reading memory, which left int8 decoding barely faster than fp32; and
@@ -103,8 +102,6 @@ def library() -> ctypes.CDLL | None:
     lib.linear.restype = None
     lib.int8_dequantize.argtypes = [ptr, ptr, ptr, num, num, num]
     lib.int8_dequantize.restype = None
-    lib.layer_op.argtypes = [num, ptr, ptr, ctypes.c_float, ptr, num, ptr, ptr, ptr, num, num, num, num]
-    lib.layer_op.restype = None
     ptrs = ctypes.POINTER(ctypes.c_void_p)
     lib.decode_layers.argtypes = [num, ptr, num, num, num, ptrs, ctypes.c_float, ptrs, ptrs, num, num, num, num, num,
                                   ptrs, ptrs, ctypes.POINTER(ctypes.c_int), num, ptr, ptr, ptr, ctypes.c_float, num]
@@ -181,35 +178,6 @@ def linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None) 
     if torch.compiler.is_compiling():  # int8 layers in a compiled forward: the custom op
         return _int8_linear_op(x, w, scale)
     return _linear(x, w, scale)
-
-
-# A decoder layer's products with their neighbours folded in (the C file's layer_op), for the lean
-# forward's eager decoding steps: x (N, in) fp32 contiguous; w (out, in) contiguous, int8 with
-# scale (out,), or fp32 / bf16 with scale None.
-
-
-def norm_linear(x: torch.Tensor, norm: torch.Tensor, eps: float, w: torch.Tensor, scale: torch.Tensor | None):
-    """rmsnorm(x) @ (scale * w).T -> (N, out); norm fp32."""
-    y = torch.empty(x.shape[0], w.shape[0], dtype=torch.float32)
-    work = torch.empty(x.shape, dtype=torch.float32)
-    _LIB.layer_op(0, x.data_ptr(), norm.data_ptr(), eps, w.data_ptr(), KINDS[w.dtype], _ptr(scale), y.data_ptr(),
-                  work.data_ptr(), x.shape[0], w.shape[1], w.shape[0], torch.get_num_threads())
-    return y
-
-
-def linear_add_(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """y += x @ (scale * w).T, in place; returns y (N, out)."""
-    _LIB.layer_op(1, x.data_ptr(), None, 0.0, w.data_ptr(), KINDS[w.dtype], _ptr(scale), y.data_ptr(), None,
-                  x.shape[0], w.shape[1], w.shape[0], torch.get_num_threads())
-    return y
-
-
-def silu_linear_add_(y: torch.Tensor, gate_up: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None):
-    """y += (silu(gate) * up) @ (scale * w).T with gate_up = [gate | up] (N, 2 in), in place; returns y."""
-    work = torch.empty(gate_up.shape[0], w.shape[1], dtype=torch.float32)
-    _LIB.layer_op(2, gate_up.data_ptr(), None, 0.0, w.data_ptr(), KINDS[w.dtype], _ptr(scale), y.data_ptr(),
-                  work.data_ptr(), gate_up.shape[0], w.shape[1], w.shape[0], torch.get_num_threads())
-    return y
 
 
 class StepWeights:

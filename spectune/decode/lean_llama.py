@@ -161,18 +161,23 @@ def _append(layer, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torc
 
 def _step(stack, x: torch.Tensor, cache, attention_mask, batch: int, new: int, past: int, cos, sin) -> bool:
     """A decoding step's layers in one call into our kernel (step.c), x (B*T, H) fp32 updated in place;
-    False, nothing done, where it cannot take it (a cache not yet filled, a mask of another width)."""
+    False, nothing done, where it cannot take it (a cache without per-layer keys, a mask of another
+    width)."""
     weights = stack.__dict__["_lean_step"]
     depth = stack.config.num_hidden_layers
     layers = cache.layers[:depth]
-    if weights is None or past == 0 or len(layers) < depth or not all(
-            getattr(layer, "is_initialized", False) for layer in layers):
+    if len(layers) < depth or not all(hasattr(layer, "is_initialized") for layer in layers):
         return False
     cols = None
     if attention_mask is not None and not bool(attention_mask.all()):
         if attention_mask.shape != (batch, past + new):
             return False
         cols = attention_mask.to(torch.uint8).contiguous()
+    shape = weights.shape
+    empty = x.new_empty(batch, shape["kv_heads"], 0, shape["head_dim"])  # (B, kv_heads, 0, D)
+    for layer in layers:
+        if not layer.is_initialized:  # a first pass into a new cache: its layers start empty
+            layer.update(empty, empty)
     rooms = [_room(layer, new) for layer in layers]
     cpu_kernel.decode_layers(weights, depth, x, batch, new, [r[0] for r in rooms], [r[1] for r in rooms],
                              [r[0].shape[-2] for r in rooms], past, cos.contiguous(), sin.contiguous(), cols)
@@ -201,8 +206,7 @@ def _mask(attention_mask: torch.Tensor | None, batch: int, new: int, total: int)
 
 
 def _plan(stack) -> list:
-    """Per layer: (norm 1 weight, qkv, o, norm 2 weight, gate-up, down, shapes, fp32 norm weights),
-    built once."""
+    """Per layer: (norm 1 weight, qkv, o, norm 2 weight, gate-up, down, shapes), built once."""
     config = stack.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     plan = []
@@ -213,8 +217,7 @@ def _plan(stack) -> list:
                      n2, _fuse([mlp.gate_proj, mlp.up_proj]), _fuse([mlp.down_proj]),
                      (config.num_attention_heads, config.num_key_value_heads, head_dim,
                       mlp.gate_proj.out_features, layer.input_layernorm.variance_epsilon,
-                      layer.post_attention_layernorm.variance_epsilon),
-                     (n1.detach().float(), n2.detach().float())))
+                      layer.post_attention_layernorm.variance_epsilon)))
     return plan
 
 
@@ -232,38 +235,33 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
     if cache is None and use_cache is not False:
         cache = DynamicCache(config=stack.config)
     x = stack.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
-    dtype = x.dtype
     batch, new = x.shape[:2]
+    depth = stack.config.num_hidden_layers
     past = cache.get_seq_length() if cache is not None else 0
     if position_ids is None:
         position_ids = (torch.arange(new) + past)[None].expand(batch, -1)
-    plan = stack.__dict__["_lean_plan"]
-    layers = plan[:stack.config.num_hidden_layers]
     # Under torch.compile the cache stays transformers' own (in-place views would be graph breaks).
     compiling = torch.compiler.is_compiling() or not hasattr(cache, "layers")
-    # Eager decoding steps: our C kernels' layer operations (norm, SiLU gate and residual adds folded
-    # into the products; int8, fp32 or bf16 weights, fp32 activations), on x held as one contiguous
-    # (B*T, H) fp32 block updated in place. Prompts (long passes) stay with MKL's matrix products.
-    folded = (not compiling and batch * new < STEP_ROWS and x.dtype in FOLDED_DTYPES
-              and stack.__dict__["_lean_foldable"] and cpu_kernel.available())
-    if folded:
-        x = x.reshape(batch * new, -1).float().clone()  # (B*T, H): ours to update in place
+    # Eager decoding steps (passes of fewer than STEP_ROWS rows) with int8, fp32 or bf16 weights: all
+    # the layers in one call into our kernel, on x held as one contiguous (B*T, H) fp32 block updated
+    # in place. Prompts (long passes) stay with MKL's matrix products and SDPA.
+    step = (not compiling and batch * new < STEP_ROWS and x.dtype in FOLDED_DTYPES
+            and stack.__dict__["_lean_step"] is not None and cpu_kernel.available())
     cos, sin = stack.rotary_emb(x.float(), position_ids=position_ids)  # (B, T, D) each, fp32
     # RoPE's rotate_half(x) * sin, as roll(x) * (sin with its first half negated): two operations
     # fewer per layer, the same products (a sign flip is exact).
     half = sin.shape[-1] // 2
-    cos, sin = cos[:, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, None]  # (B, 1, T, D)
-    if folded and cache is not None and not compiling and _step(stack, x, cache, attention_mask, batch, new, past,
-                                                                 cos[:, 0], sin[:, 0]):
-        layers = []  # done, all of them
-    else:
-        mask = _mask(attention_mask, batch, new, past + new)
-    for i, (n1, qkv, o_proj, n2, gate_up, down, shape, norms) in enumerate(layers):
+    sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)
+    if step:
+        rows = x.reshape(batch * new, -1).float().clone()  # (B*T, H): ours to update in place
+        if _step(stack, rows, cache, attention_mask, batch, new, past, cos, sin):
+            return BaseModelOutputWithPast(last_hidden_state=stack.norm(rows.view(batch, new, -1).to(x.dtype)),
+                                           cache=cache)
+    cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D)
+    mask = _mask(attention_mask, batch, new, past + new)
+    for i, (n1, qkv, o_proj, n2, gate_up, down, shape) in enumerate(stack.__dict__["_lean_plan"][:depth]):
         heads, kv_heads, head_dim, inter, eps1, eps2 = shape
-        if folded:
-            y = cpu_kernel.norm_linear(x, norms[0], eps1, *qkv[1:]).view(batch, new, -1)
-        else:
-            y = _project(_rms(x, n1, eps1), qkv)  # (B, T, (heads + 2 kv_heads) D)
+        y = _project(_rms(x, n1, eps1), qkv)  # (B, T, (heads + 2 kv_heads) D)
         qk = y[..., :(heads + kv_heads) * head_dim].view(batch, new, heads + kv_heads, head_dim).transpose(1, 2)
         # Attention and the KV cache in fp32 whatever the weights: a bf16 SDPA rounds a pass of k+1
         # queries differently from one of 1, which would make speculative text part from plain text.
@@ -274,16 +272,9 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
             k, v = cache.update(k, v, i) if compiling else _append(cache.layers[i], k, v)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv_heads != heads)
         att = att.transpose(1, 2).reshape(batch, new, heads * head_dim)  # (B, T, heads D)
-        if folded:
-            cpu_kernel.linear_add_(x, att.reshape(batch * new, -1).float(), *o_proj[1:])
-            g = cpu_kernel.norm_linear(x, norms[1], eps2, *gate_up[1:])  # (B*T, 2 I)
-            cpu_kernel.silu_linear_add_(x, g, *down[1:])
-        else:
-            x = x + _project(att.to(x.dtype), o_proj)
-            g = _project(_rms(x, n2, eps2), gate_up)  # (B, T, 2 I)
-            x = x + _project(F.silu(g[..., :inter]) * g[..., inter:], down)
-    if folded:
-        x = x.view(batch, new, -1).to(dtype)
+        x = x + _project(att.to(x.dtype), o_proj)
+        g = _project(_rms(x, n2, eps2), gate_up)  # (B, T, 2 I)
+        x = x + _project(F.silu(g[..., :inter]) * g[..., inter:], down)
     return BaseModelOutputWithPast(last_hidden_state=stack.norm(x), cache=cache)
 
 
@@ -300,12 +291,14 @@ def _head_forward(head, x: torch.Tensor) -> torch.Tensor:
 
 
 def _step_weights(stack, plan: list) -> cpu_kernel.StepWeights | None:
-    """The plan as step.c's pointer arrays; None where its layers differ in weight type or norm eps (the
-    per-layer calls then)."""
+    """The plan as step.c's pointer arrays; None where a layer's products are not all int8 or all one
+    float type (bf16 or fp32), or the norms' eps differ (transformers' forward then)."""
     norms, weights, scales = [], [], []
-    for _, qkv, o_proj, _, gate_up, down, _, fp32_norms in plan:
-        norms += fp32_norms
+    for n1, qkv, o_proj, n2, gate_up, down, _ in plan:
+        norms += [n1.detach().float(), n2.detach().float()]
         for fused in (qkv, o_proj, gate_up, down):
+            if not _foldable(fused):
+                return None
             weights.append(fused[1])
             scales.append(fused[2])
     eps = {p[6][4] for p in plan} | {p[6][5] for p in plan}
@@ -325,10 +318,8 @@ def install(model) -> bool:
         return False
     stack = model.model
     plan = stack.__dict__["_lean_plan"] = _plan(stack)
-    # Whether every layer's products can take the kernels' folded path (a layers:N draft runs a
-    # prefix of the same layers, so the answer holds for it too).
-    stack.__dict__["_lean_foldable"] = all(_foldable(p[j]) for p in plan for j in (1, 2, 4, 5))
-    stack.__dict__["_lean_step"] = _step_weights(stack, plan) if stack.__dict__["_lean_foldable"] else None
+    # (A layers:N draft runs a prefix of the same layers: the same weights serve it.)
+    stack.__dict__["_lean_step"] = _step_weights(stack, plan)
     stack.forward = types.MethodType(_forward, stack)
     head = model.get_output_embeddings()
     weights = [p[j][1] for p in plan for j in (1, 2, 4, 5) if p[j][0] != "modules"]
@@ -343,6 +334,6 @@ def install(model) -> bool:
 def rebind(original, copy) -> None:
     """A layers:N draft's copy of the stack runs the same lean forward over its own depth."""
     if "_lean_plan" in original.__dict__:
-        for key in ("_lean_plan", "_lean_foldable", "_lean_step"):
+        for key in ("_lean_plan", "_lean_step"):
             copy.__dict__[key] = original.__dict__[key]
         copy.forward = types.MethodType(_forward, copy)

@@ -1,6 +1,6 @@
 /* Matrix products for decoding on CPU, int8, fp32 or bf16 weights, fp32 activations and results:
  *   y (M, O) = x (M, I) @ (scale (O,) * W (O, I)).T    (float weights: no scale)
- * and a decoder layer's products with their neighbours folded in (layer_op below).
+ * and the row operations around them that step.c folds into a decoding step.
  *
  * Why by hand: at batch 1 a decoding step is matrix-vector products bound by reading the weights.
  * torch's int8 weight-only kernels (_weight_int8pack_mm, _int_mm, fbgemm's dynamic linear) read
@@ -232,21 +232,6 @@ void silu_gate_rows(const float *x, float *dst, int m, int n) {
         float *d = dst + (size_t)r * n;
         for (int i = 0; i < n; i++) d[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
-}
-
-/* A decoder layer's products with the small operations around them folded in, so that a decoding
- * step is a few calls per layer instead of a dozen tensor operations (each a dispatch of several
- * microseconds on a vector of a few hundred numbers):
- *   mode 0: y = rmsnorm(x) @ W.T         (x (m, in); norm = weight * (x / sqrt(mean(x^2) + eps)))
- *   mode 1: y += x @ W.T                 (the attention output's projection and the residual add)
- *   mode 2: y += (silu(g) * u) @ W.T     (x = [g | u], (m, 2 in): the MLP's down projection and add)
- * Modes 0 and 2 prepare their input into `work` (m, in) first, one row at a time, the same way
- * whatever m is. `kind`: INT8 (W int8 with `scale`, one per output), FP32 or BF16 (no scale). */
-void layer_op(int mode, const float *x, const float *norm, float eps, const void *w, int kind, const float *scale,
-              float *y, float *work, int m, int in, int out, int threads) {
-    if (mode == 0) rmsnorm_rows(x, norm, eps, work, m, in);
-    else if (mode == 2) silu_gate_rows(x, work, m, in);
-    product_of_kind(kind, mode == 1 ? x : work, w, scale, y, m, in, out, mode != 0, threads);
 }
 
 /* out (O, I) fp32 = scale[o] * W[o, i]: the weights of a long pass (a prompt), multiplied by MKL
