@@ -12,8 +12,8 @@ attention, SiLU gate and residual adds; `_step`), for fp32, bf16 and int8 weight
 activations, after Python has made room in the cache buffers (`_room`); the output layer of a float
 model goes through the kernel too. With the products already in C, the Python and small tensor
 operations around them had cost 8-11 ms of a SmolLM2-135M step (fp32 38 -> 27 ms, bf16 26 -> 16,
-int8 16 -> 9 with one call). Prompts stay with MKL's matrix products and SDPA. A first pass that is
-short enough, into an empty cache, takes the kernels layer by layer (the cache is transformers').
+int8 16 -> 9 with one call). Prompts (32 rows or more) stay with MKL's matrix products and SDPA,
+as does every pass where the step cannot run (see `_step_weights`, `_step`).
 
 It replaces the decoder stack's `forward` on the instance (as --compile does), keeps transformers'
 cache objects (DynamicCache, so ragged_cache.py's crop / select / merge / compact work unchanged),
@@ -292,7 +292,7 @@ def _head_forward(head, x: torch.Tensor) -> torch.Tensor:
 
 def _step_weights(stack, plan: list) -> cpu_kernel.StepWeights | None:
     """The plan as step.c's pointer arrays; None where a layer's products are not all int8 or all one
-    float type (bf16 or fp32), or the norms' eps differ (transformers' forward then)."""
+    float type (bf16 or fp32), or the norms' eps differ (this forward's torch operations then)."""
     norms, weights, scales = [], [], []
     for n1, qkv, o_proj, n2, gate_up, down, _ in plan:
         norms += [n1.detach().float(), n2.detach().float()]
