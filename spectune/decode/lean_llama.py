@@ -173,11 +173,11 @@ def _step(stack, x: torch.Tensor, cache, attention_mask, batch: int, new: int, p
         if attention_mask.shape != (batch, past + new):
             return False
         cols = attention_mask.to(torch.uint8).contiguous()
-    shape = weights.shape
-    empty = x.new_empty(batch, shape["kv_heads"], 0, shape["head_dim"])  # (B, kv_heads, 0, D)
-    for layer in layers:
-        if not layer.is_initialized:  # a first pass into a new cache: its layers start empty
-            layer.update(empty, empty)
+    if past == 0:  # a first pass into a new cache: its layers start empty
+        empty = x.new_empty(batch, weights.shape["kv_heads"], 0, weights.shape["head_dim"])  # (B, kv, 0, D)
+        for layer in layers:
+            if not layer.is_initialized:
+                layer.update(empty, empty)
     rooms = [_room(layer, new) for layer in layers]
     cpu_kernel.decode_layers(weights, depth, x, batch, new, [r[0] for r in rooms], [r[1] for r in rooms],
                              [r[0].shape[-2] for r in rooms], past, cos.contiguous(), sin.contiguous(), cols)
@@ -322,9 +322,9 @@ def install(model) -> bool:
     stack.__dict__["_lean_step"] = _step_weights(stack, plan)
     stack.forward = types.MethodType(_forward, stack)
     head = model.get_output_embeddings()
-    weights = [p[j][1] for p in plan for j in (1, 2, 4, 5) if p[j][0] != "modules"]
-    cpu_kernel.huge_pages([*weights, *(m.weight_int8 if isinstance(m, Int8Linear) else m.weight for m in [head]
-                                       if isinstance(m, Int8Linear | torch.nn.Linear))])
+    head_weight = head.weight_int8 if isinstance(head, Int8Linear) else getattr(head, "weight", None)
+    cpu_kernel.huge_pages([p[j][1] for p in plan for j in (1, 2, 4, 5) if p[j][0] != "modules"]
+                          + ([head_weight] if head_weight is not None else []))
     if (type(head) is torch.nn.Linear and head.bias is None and head.weight.dtype in FOLDED_DTYPES
             and head.weight.is_contiguous()):
         head.forward = types.MethodType(_head_forward, head)
