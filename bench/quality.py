@@ -45,6 +45,7 @@ def worker(task: str, method: str, data: str, out: str) -> dict:
             rows = {s: read_labelled(f) for s, f in files.items()}
             r = baselines.tfidf_classifier(rows["train"], rows["dev"], rows["test"])
         test = r["test"]
+        dev = r["dev"]["entity"]["f1"] if task == "ner" else r["dev"]["accuracy"]
     else:
         from spectune.config import TrainConfig, build, load_yaml
         from spectune.train import train
@@ -62,11 +63,12 @@ def worker(task: str, method: str, data: str, out: str) -> dict:
             seconds += info["train_seconds"]
         test = json.loads((Path(run) / "test-report.json").read_text())
         r = {"train_seconds": round(seconds, 1)}
+        dev = info["best"]["value"]  # the last step's dev metric at its best checkpoint
     return {"task": task, "method": "baseline" if method == "baseline" else "+".join(Path(m).stem for m in
                                                                                        method.split("+")),
             "minutes": round((time.perf_counter() - t0) / 60, 2), "train_seconds": r["train_seconds"],
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "test": test}
+            "dev": round(dev, 4), "test": test}
 
 
 def summary(r: dict) -> str:
@@ -108,9 +110,10 @@ def main() -> None:
                     sys.exit(f"{task}/{method} failed:\n{r.stderr[-3000:]}")
                 rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
                 print(f"  {task:9} {rows[-1]['method']:12} {summary(rows[-1])}", file=sys.stderr, flush=True)
-    lines = ["| task | method | test result | minutes | peak RSS (MiB) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['method']} | {summary(r)} | {r['minutes']} | {r['peak_rss_mib']:.0f} |"
-              for r in rows]
+    lines = ["| task | method | dev (selection) | test result | minutes | peak RSS (MiB) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['method']} | {r['dev']:.4f} | {summary(r)} | {r['minutes']} | "
+              f"{r['peak_rss_mib']:.0f} |" for r in rows]
     print("\n".join(lines))
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"rows": rows, "date": time.strftime("%Y-%m-%d")}, indent=1))

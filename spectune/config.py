@@ -194,7 +194,10 @@ class TrainConfig:
     label_column: str = opt("label", help="classify: column of the labels")
     class_weights: bool = opt(False, help="classify: weight the loss by inverse class frequency")
     crf: bool = opt(False, help="ner: a linear-chain CRF output layer (tag transitions learnt, Viterbi decoding)")
-    crf_lr: float = opt(1e-2, help="with --crf: peak learning rate of the CRF's transition scores", min=0.0)
+    crf_lr: float = opt(1e-2, help="with --crf: peak learning rate of the CRF's own weights (transitions, n-grams)",
+                        min=0.0)
+    crf_features: int = opt(0, help="with --crf: also score each word's token-id unigrams (+-2) and bigrams in "
+                                    "the CRF, hashed into this many rows (e.g. 1048576; 0: off)", min=0)
     max_train_examples: int = opt(0, help="use only the first N training examples (0: all)", min=0)
     max_eval_examples: int = opt(0, help="use only the first N dev and test examples (0: all)", min=0)
     quiet: bool = opt(False, help="no progress bar")
@@ -217,6 +220,8 @@ class TrainConfig:
                                     where="peft")
         if self.crf and self.task not in ("ner", None):
             raise SpectuneError("a CRF layer labels token sequences: use it with --task ner", where="crf")
+        if self.crf_features and not self.crf:
+            raise SpectuneError("n-gram features are scored by the CRF layer: add --crf", where="crf_features")
         if self.draft_vocab and self.draft_kind != "head":
             raise SpectuneError("a reduced draft vocabulary is built for --draft-kind head (distill --kind head)",
                                 where="draft_vocab")

@@ -7,7 +7,16 @@ per-token softmax cannot: that I-PER never follows O or B-LOC, and that a surnam
 a given-name tag. Sequences are the *words* (first sub-tokens), gathered by the task; padded words are
 masked out, and every sequence has at least one word.
 
-The layer is stored beside the model as `crf.safetensors` (a (L, L) matrix and two (L,) vectors).
+With `feature_buckets` (`--crf-features N`) the CRF also scores each word's n-gram window directly, as a
+feature-rich linear CRF does and as Huang, Xu and Yu (2015, "Bidirectional LSTM-CRF Models for Sequence
+Tagging") connect hand features straight to the output layer: the word-level token ids (first
+sub-tokens; one character each for Chinese) in a +-2 window, as 5 unigrams and the 4 bigrams around
+the word, each hashed into one of N rows of an (N, L) table whose rows add to the encoder's emissions.
+A small encoder pre-trained on little text learns "these two characters form this word" slowly; a
+table learns it in one epoch. Hash collisions are rare at N = 2^20 and only blur two n-grams.
+
+The layer is stored beside the model as `crf.safetensors` (a (L, L) matrix, two (L,) vectors, and the
+(N, L) feature table when there is one: its shape says N, so the file describes itself).
 """
 
 from __future__ import annotations
@@ -20,12 +29,39 @@ from torch import nn
 FILE = "crf.safetensors"
 
 
+# Odd multipliers for hashing (template, id, id) into a bucket; int64 products wrap, deterministically.
+_MIX = (0x9E3779B97F4A7C15 - (1 << 64), 0xC2B2AE3D27D4EB4F - (1 << 64))
+_UNIGRAMS, _BIGRAMS = (-2, -1, 0, 1, 2), (-2, -1, 0, 1)  # as baselines.char_features
+
+
 class CRF(nn.Module):
-    def __init__(self, num_tags: int):
+    def __init__(self, num_tags: int, feature_buckets: int = 0):
         super().__init__()
         self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))  # [from, to]
         self.start = nn.Parameter(torch.zeros(num_tags))
         self.end = nn.Parameter(torch.zeros(num_tags))
+        if feature_buckets:
+            self.features = nn.Embedding(feature_buckets, num_tags)
+            nn.init.zeros_(self.features.weight)  # an unseen n-gram adds nothing
+
+    def feature_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, W, 9) buckets of each word's n-gram features. ids (B, W) word token ids, mask (B, W)."""
+        B, W = ids.shape
+        n = mask.sum(1, keepdim=True)  # (B, 1) words per row
+        pos = torch.arange(-2, W + 2).expand(B, -1)  # (B, W + 4): positions of the +-2 padded row
+        padded = torch.cat([ids.new_full((B, 2), 0), ids, ids.new_full((B, 2), 0)], 1)
+        # Outside the sentence: -1 before it, -2 after it (never a token id), also over right padding.
+        padded = torch.where(pos < 0, -1, torch.where(pos >= n, -2, padded))
+        at = {d: padded[:, 2 + d:2 + d + W] for d in _UNIGRAMS}  # (B, W) each
+        keys = [at[d] * _MIX[0] + t for t, d in enumerate(_UNIGRAMS)]
+        keys += [(at[d] * _MIX[0] + at[d + 1]) * _MIX[1] + 5 + t for t, d in enumerate(_BIGRAMS)]
+        return torch.stack(keys, -1).remainder(self.features.num_embeddings)
+
+    def emissions(self, em: torch.Tensor, ids: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's emissions (B, W, L) plus the n-gram feature scores, when this CRF has a table."""
+        if getattr(self, "features", None) is None:
+            return em
+        return em.float() + self.features(self.feature_ids(ids, mask)).sum(2)  # (B, W, 9, L) -> (B, W, L)
 
     def nll(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Summed negative log-likelihood of `tags`. emissions (B, W, L); tags, mask (B, W), mask[:, 0] all true."""
@@ -70,24 +106,24 @@ class CRF(nn.Module):
         return out
 
 
-def words(logits: torch.Tensor, labels: torch.Tensor):
+def words(logits: torch.Tensor, labels: torch.Tensor, input_ids: torch.Tensor):
     """The labelled positions (first sub-tokens) of each row moved to the front, in order: emissions
-    (B', W, L), tags (B', W) and mask (B', W), over the rows B' that have any word. labels (B, T),
-    -100 where a token is not a word's first."""
+    (B', W, L), tags (B', W), mask (B', W) and the words' token ids (B', W), over the rows B' that have
+    any word. labels, input_ids (B, T); labels -100 where a token is not a word's first."""
     is_word = labels != -100  # (B, T)
     keep = is_word.any(1)
-    is_word, logits, labels = is_word[keep], logits[keep], labels[keep]
+    is_word, logits, labels, input_ids = is_word[keep], logits[keep], labels[keep], input_ids[keep]
     order = (~is_word).to(torch.int8).argsort(dim=1, stable=True)  # words first, in their order
     width = int(is_word.sum(1).max()) if len(order) else 0
     order = order[:, :width]
     em = logits.gather(1, order.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-    return em, labels.gather(1, order).clamp(min=0), is_word.gather(1, order)
+    return em, labels.gather(1, order).clamp(min=0), is_word.gather(1, order), input_ids.gather(1, order)
 
 
-def attach(model, num_tags: int) -> CRF:
+def attach(model, num_tags: int, feature_buckets: int = 0) -> CRF:
     """Register a CRF on the model (a plain or peft model), so the optimizer, accelerate's checkpoints and
     resume see its parameters with the encoder's."""
-    crf = CRF(num_tags)
+    crf = CRF(num_tags, feature_buckets)
     model.add_module("crf", crf)
     # Kept out of the Hugging Face weights (`save` writes its own file), so `from_pretrained` sees no
     # unknown keys; accelerate's checkpoints still hold it.
@@ -106,4 +142,6 @@ def save(model, folder: Path) -> None:
 def load(model, folder: Path, num_tags: int) -> None:
     from safetensors.torch import load_file
 
-    attach(model, num_tags).load_state_dict(load_file(str(Path(folder) / FILE)))
+    state = load_file(str(Path(folder) / FILE))
+    buckets = state["features.weight"].shape[0] if "features.weight" in state else 0
+    attach(model, num_tags, buckets).load_state_dict(state)

@@ -45,7 +45,7 @@ def task_options(cfg: TrainConfig) -> dict:
     if cfg.task == "classify":
         return {"text_column": cfg.text_column, "label_column": cfg.label_column, "class_weights": cfg.class_weights}
     if cfg.task == "ner":
-        return {"crf": cfg.crf}
+        return {"crf": cfg.crf, "crf_features": cfg.crf_features}
     if cfg.task == "mlm":
         return {"text_column": cfg.text_column}
     if cfg.task == "draft":
@@ -63,7 +63,7 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     rest = [p for n, p in named if not n.startswith("crf.")]
     groups = [{"params": [p for p in rest if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}]
-    if crf:  # a few hundred transition scores that start at zero: they get their own, larger rate
+    if crf:  # transition scores (and n-gram rows) that start at zero: their own, larger rate
         groups.append({"params": crf, "weight_decay": 0.0, "lr": cfg.crf_lr})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)

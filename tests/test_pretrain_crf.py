@@ -55,17 +55,40 @@ def test_crf_likelihood_and_viterbi_equal_brute_force():
         assert nll == pytest.approx(float(log_z) - scores[tuple(gold)], abs=1e-4)
 
 
-def test_crf_run_saves_reloads_and_scores_the_same(tmp_path, tiny_bert_dir, ner_data):
+def test_crf_features_see_the_word_window_only():
+    crf = CRF(3, feature_buckets=1 << 20)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, 0, 0, 0]])  # row 1: 3 words, then padding
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    f = crf.feature_ids(ids, mask)  # (B, W, 9)
+    assert f.shape == (2, 6, 9) and torch.equal(crf.feature_ids(ids[1:, :3], mask[1:, :3]), f[1:, :3])  # padding-free
+    assert torch.equal(f[0, 0], f[1, 0]) and not torch.equal(f[0, 1], f[1, 1])  # word 1 sees word 3, or the end
+    changed = ids.clone()
+    changed[0, 5] = 11  # 3 words after word 2: outside its window, inside word 3's and 4's
+    g = crf.feature_ids(changed, mask)
+    assert torch.equal(g[0, :3], f[0, :3]) and not torch.equal(g[0, 3], f[0, 3])
+    # Templates hash apart; only "2 before" of words 0-1 and "2 after" of words 4-5 are the same feature.
+    assert len(set(f[0].flatten().tolist())) == 6 * 9 - 2
+    em = torch.randn(2, 6, 3)
+    assert torch.equal(crf.emissions(em, ids, mask), em)  # the table starts at zero: an unseen n-gram adds nothing
+
+
+@pytest.mark.parametrize("features", [0, 4096])
+def test_crf_run_saves_reloads_and_scores_the_same(tmp_path, tiny_bert_dir, ner_data, features):
     cfg = build(TrainConfig, {"task": "ner", "crf": True, "model": str(tiny_bert_dir), "train": str(ner_data["train"]),
                               "dev": str(ner_data["dev"]), "test": str(ner_data["test"]), "out": str(tmp_path / "run"),
-                              "epochs": 3, "batch_size": 8, "lr": 1e-2, "quiet": True})
+                              "epochs": 3, "batch_size": 8, "lr": 1e-2, "quiet": True, "crf_features": features})
     info = train(cfg)
     model_dir = tmp_path / "run/model"
     assert not any(k.startswith("crf.") for k in load_file(model_dir / "model.safetensors"))  # HF weights stay HF
     crf = load_file(model_dir / "crf.safetensors")
     assert crf["transitions"].shape == (4, 4) and crf["transitions"].abs().sum() > 0  # it trained
+    if features:
+        assert crf["features.weight"].shape == (features, 4) and crf["features.weight"].abs().sum() > 0
+    else:
+        assert "features.weight" not in crf
     _, task, model = load_run(tmp_path / "run")
     assert torch.equal(model.crf.transitions, crf["transitions"])
+    assert features == 0 or torch.equal(model.crf.features.weight, crf["features.weight"])
     assert main(["eval", "--model", str(tmp_path / "run"), "--data", str(ner_data["test"]), "--json",
                  str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())
@@ -97,7 +120,8 @@ def test_mlm_pretraining_from_scratch_then_crf_fine_tuning(tmp_path, ner_data, a
 
 @pytest.mark.parametrize("values, field", [({"task": "ner", "model": "scratch:bert"}, "model"),
                                            ({"task": "mlm", "model": "scratch:bert", "peft": "lora"}, "peft"),
-                                           ({"task": "classify", "model": "x", "crf": True}, "crf")])
+                                           ({"task": "classify", "model": "x", "crf": True}, "crf"),
+                                           ({"task": "ner", "model": "x", "crf_features": 64}, "crf_features")])
 def test_option_mistakes_are_named(values, field, tmp_path):
     with pytest.raises(SpectuneError) as e:
         build(TrainConfig, {"train": "t", "out": str(tmp_path), **values})

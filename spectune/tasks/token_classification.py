@@ -5,7 +5,8 @@ A word split into several sub-tokens carries its label on the first sub-token; t
 A sentence longer than the model's window is cut into consecutive windows at word boundaries,
 so every word is labelled and predicted exactly once (never silently truncated).
 With `crf=True` the words' scores feed a linear-chain CRF (spectune/crf.py): the loss is the
-sequence's negative log-likelihood per word, and predictions are its Viterbi path.
+sequence's negative log-likelihood per word, and predictions are its Viterbi path; `crf_features=N`
+adds the CRF's own hashed n-gram scores of the words' token ids.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ class TokenClassification:
     metric = "f1"  # entity-level F1 (seqeval), what papers quote
     metrics = ("f1", "precision", "recall", "loss")
 
-    def __init__(self, tokenizer, labels=None, max_length=256, crf=False, **_):
+    def __init__(self, tokenizer, labels=None, max_length=256, crf=False, crf_features=0, **_):
         self.tok, self.labels, self.max_length, self.crf = tokenizer, labels, max_length, crf
+        self.crf_features = crf_features
         self.scheme = None
         # The special tokens the tokenizer wraps any text in (BERT: [CLS] ... [SEP]; llama: none).
         with_sp = tokenizer("a", add_special_tokens=True).input_ids
@@ -57,7 +59,7 @@ class TokenClassification:
         if self.crf:
             from ..crf import attach
 
-            attach(model, len(self.labels))
+            attach(model, len(self.labels), self.crf_features)
         return model
 
     def encode(self, sents: list[Sentence]) -> list[dict]:
@@ -106,8 +108,9 @@ class TokenClassification:
         if self.crf:
             from ..crf import words
 
-            em, tags, mask = words(logits, batch["labels"])  # (B', W, L), (B', W), (B', W)
-            return _crf_of(model).nll(em, tags, mask) / mask.sum()
+            em, tags, mask, ids = words(logits, batch["labels"], batch["input_ids"])  # (B', W, L), (B', W) x3
+            crf = _crf_of(model)
+            return crf.nll(crf.emissions(em, ids, mask), tags, mask) / mask.sum()
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
                                                  ignore_index=IGNORE)
 
@@ -125,9 +128,10 @@ class TokenClassification:
             if self.crf:
                 from ..crf import words
 
-                em, _, mask = words(logits, b["labels"])  # the labelled positions are the `first` ones
+                em, _, mask, ids = words(logits, b["labels"], b["input_ids"])  # labelled = the `first` ones
                 rows = [r for r, f in enumerate(chunk) if f["first"]]
-                paths = _crf_of(model).decode(em, mask)
+                crf = _crf_of(model)
+                paths = crf.decode(crf.emissions(em, ids, mask), mask)
                 for r, path in zip(rows, paths, strict=True):
                     for (_, w), tag in zip(chunk[r]["first"], path, strict=True):
                         out[chunk[r]["sent"]][w] = self.labels[tag]
