@@ -194,10 +194,11 @@ class TrainConfig:
     label_column: str = opt("label", help="classify: column of the labels")
     class_weights: bool = opt(False, help="classify: weight the loss by inverse class frequency")
     crf: bool = opt(False, help="ner: a linear-chain CRF output layer (tag transitions learnt, Viterbi decoding)")
-    crf_lr: float = opt(1e-2, help="with --crf: peak learning rate of the CRF's own weights (transitions, n-grams)",
-                        min=0.0)
-    crf_features: int = opt(0, help="with --crf: also score each word's token-id unigrams (+-2) and bigrams in "
-                                    "the CRF, hashed into this many rows (e.g. 1048576; 0: off)", min=0)
+    crf_lr: float = opt(1e-2, help="with --crf: peak learning rate of the CRF's transition scores", min=0.0)
+    ngram_features: int = opt(0, help="ner (with --crf) and classify: a table of token-id n-gram scores, hashed into "
+                                      "this many rows (e.g. 1048576; 0: off), added to the model's: ner, each word's "
+                                      "unigrams at +-2 and 4 bigrams; classify, the text's 1-3-grams", min=0)
+    ngram_lr: float = opt(1e-2, help="with --ngram-features: peak learning rate of the n-gram table", min=0.0)
     max_train_examples: int = opt(0, help="use only the first N training examples (0: all)", min=0)
     max_eval_examples: int = opt(0, help="use only the first N dev and test examples (0: all)", min=0)
     quiet: bool = opt(False, help="no progress bar")
@@ -220,8 +221,11 @@ class TrainConfig:
                                     where="peft")
         if self.crf and self.task not in ("ner", None):
             raise SpectuneError("a CRF layer labels token sequences: use it with --task ner", where="crf")
-        if self.crf_features and not self.crf:
-            raise SpectuneError("n-gram features are scored by the CRF layer: add --crf", where="crf_features")
+        if self.ngram_features and self.task not in ("ner", "classify", None):
+            raise SpectuneError("n-gram features score labels: use them with --task ner (and --crf) or classify",
+                                where="ngram_features")
+        if self.ngram_features and self.task == "ner" and not self.crf:
+            raise SpectuneError("NER's n-gram features are scored by the CRF layer: add --crf", where="ngram_features")
         if self.draft_vocab and self.draft_kind != "head":
             raise SpectuneError("a reduced draft vocabulary is built for --draft-kind head (distill --kind head)",
                                 where="draft_vocab")

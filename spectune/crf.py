@@ -7,13 +7,10 @@ per-token softmax cannot: that I-PER never follows O or B-LOC, and that a surnam
 a given-name tag. Sequences are the *words* (first sub-tokens), gathered by the task; padded words are
 masked out, and every sequence has at least one word.
 
-With `feature_buckets` (`--crf-features N`) the CRF also scores each word's n-gram window directly, as a
-feature-rich linear CRF does and as Huang, Xu and Yu (2015, "Bidirectional LSTM-CRF Models for Sequence
-Tagging") connect hand features straight to the output layer: the word-level token ids (first
-sub-tokens; one character each for Chinese) in a +-2 window, as 5 unigrams and the 4 bigrams around
-the word, each hashed into one of N rows of an (N, L) table whose rows add to the encoder's emissions.
-A small encoder pre-trained on little text learns "these two characters form this word" slowly; a
-table learns it in one epoch. Hash collisions are rare at N = 2^20 and only blur two n-grams.
+With `feature_buckets` (`--ngram-features N`, see spectune/ngrams.py) the CRF also scores each word's
+n-gram window directly, as a feature-rich linear CRF does: the word-level token ids (first sub-tokens;
+one character each for Chinese) in a +-2 window, as 5 unigrams and the 4 bigrams around the word, each
+hashed into one of N rows of an (N, L) table whose rows add to the encoder's emissions.
 
 The layer is stored beside the model as `crf.safetensors` (a (L, L) matrix, two (L,) vectors, and the
 (N, L) feature table when there is one: its shape says N, so the file describes itself).
@@ -26,11 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .ngrams import key
+
 FILE = "crf.safetensors"
 
 
-# Odd multipliers for hashing (template, id, id) into a bucket; int64 products wrap, deterministically.
-_MIX = (0x9E3779B97F4A7C15 - (1 << 64), 0xC2B2AE3D27D4EB4F - (1 << 64))
 _UNIGRAMS, _BIGRAMS = (-2, -1, 0, 1, 2), (-2, -1, 0, 1)  # as baselines.char_features
 
 
@@ -53,8 +50,8 @@ class CRF(nn.Module):
         # Outside the sentence: -1 before it, -2 after it (never a token id), also over right padding.
         padded = torch.where(pos < 0, -1, torch.where(pos >= n, -2, padded))
         at = {d: padded[:, 2 + d:2 + d + W] for d in _UNIGRAMS}  # (B, W) each
-        keys = [at[d] * _MIX[0] + t for t, d in enumerate(_UNIGRAMS)]
-        keys += [(at[d] * _MIX[0] + at[d + 1]) * _MIX[1] + 5 + t for t, d in enumerate(_BIGRAMS)]
+        keys = [key([at[d]], t) for t, d in enumerate(_UNIGRAMS)]
+        keys += [key([at[d], at[d + 1]], 5 + t) for t, d in enumerate(_BIGRAMS)]
         return torch.stack(keys, -1).remainder(self.features.num_embeddings)
 
     def emissions(self, em: torch.Tensor, ids: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:

@@ -65,9 +65,13 @@ def export(model: str, out: str, merge_lora: bool = False, draft: str | None = N
     if info.get("task_options", {}).get("crf"):  # transformers alone would decode per token, not the CRF's path
         meta["crf"] = ("crf.safetensors: CRF transitions [from, to], start and end scores over `labels`; decode "
                        "the token-classification logits of first sub-tokens with Viterbi to match spectune")
-        if info["task_options"].get("crf_features"):
+        if info["task_options"].get("ngram_features"):
             meta["crf"] += ("; add features.weight rows, the hashed n-grams of the first sub-tokens' ids "
                             "(spectune/crf.py, CRF.feature_ids), to those logits first")
+    if info["task"] == "classify" and info.get("task_options", {}).get("ngram_features"):
+        meta["ngrams"] = ("ngrams.safetensors: a table of hashed token-id 1-3-gram scores over `labels`; add "
+                          "the rows of a text's n-grams over sqrt(count) (spectune/ngrams.py, NgramBag) to the "
+                          "logits to match spectune")
     write_atomic(dest, lambda tmp: _copy(run / "model", tmp, meta, draft))
     return dest
 

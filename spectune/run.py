@@ -157,6 +157,10 @@ def load_run(run_dir: str | Path):
         from .crf import load
 
         load(model, model_dir, len(info["labels"]))
+    if info["task"] == "classify" and opts.get("ngram_features"):
+        from .ngrams import load
+
+        load(model, model_dir)
     return info, task, model.eval()
 
 
@@ -167,6 +171,10 @@ def save_model(model, tokenizer, folder: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         if hasattr(model, "crf"):  # an NER CRF has its own file (kept out of the HF weights)
             from .crf import save
+
+            save(model, tmp)
+        if hasattr(model, "ngrams"):  # so is a classifier's n-gram table
+            from .ngrams import save
 
             save(model, tmp)
         tokenizer.save_pretrained(tmp)

@@ -43,9 +43,10 @@ LOWER_IS_BETTER = ("loss", "perplexity")
 
 def task_options(cfg: TrainConfig) -> dict:
     if cfg.task == "classify":
-        return {"text_column": cfg.text_column, "label_column": cfg.label_column, "class_weights": cfg.class_weights}
+        return {"text_column": cfg.text_column, "label_column": cfg.label_column, "class_weights": cfg.class_weights,
+                "ngram_features": cfg.ngram_features}
     if cfg.task == "ner":
-        return {"crf": cfg.crf, "crf_features": cfg.crf_features}
+        return {"crf": cfg.crf, "ngram_features": cfg.ngram_features}
     if cfg.task == "mlm":
         return {"text_column": cfg.text_column}
     if cfg.task == "draft":
@@ -59,12 +60,18 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     # Weight decay on matrices only: biases and norm gains (1-D) are not shrunk towards zero.
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    crf = [p for n, p in named if n.startswith("crf.")]
-    rest = [p for n, p in named if not n.startswith("crf.")]
+    def is_ngrams(n):
+        return n.startswith(("ngrams.", "crf.features."))
+
+    ngrams = [p for n, p in named if is_ngrams(n)]
+    crf = [p for n, p in named if n.startswith("crf.") and not is_ngrams(n)]
+    rest = [p for n, p in named if not n.startswith(("crf.", "ngrams."))]
     groups = [{"params": [p for p in rest if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}]
-    if crf:  # transition scores (and n-gram rows) that start at zero: their own, larger rate
+    if crf:  # a few hundred transition scores that start at zero: they get their own, larger rate
         groups.append({"params": crf, "weight_decay": 0.0, "lr": cfg.crf_lr})
+    if ngrams:  # sparse rows from zero, each seen by few batches: their own rate too
+        groups.append({"params": ngrams, "weight_decay": 0.0, "lr": cfg.ngram_lr})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
     # The fused kernel updates in place; the default multi-tensor path allocates temporaries the

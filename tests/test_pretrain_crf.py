@@ -76,7 +76,7 @@ def test_crf_features_see_the_word_window_only():
 def test_crf_run_saves_reloads_and_scores_the_same(tmp_path, tiny_bert_dir, ner_data, features):
     cfg = build(TrainConfig, {"task": "ner", "crf": True, "model": str(tiny_bert_dir), "train": str(ner_data["train"]),
                               "dev": str(ner_data["dev"]), "test": str(ner_data["test"]), "out": str(tmp_path / "run"),
-                              "epochs": 3, "batch_size": 8, "lr": 1e-2, "quiet": True, "crf_features": features})
+                              "epochs": 3, "batch_size": 8, "lr": 1e-2, "quiet": True, "ngram_features": features})
     info = train(cfg)
     model_dir = tmp_path / "run/model"
     assert not any(k.startswith("crf.") for k in load_file(model_dir / "model.safetensors"))  # HF weights stay HF
@@ -121,7 +121,8 @@ def test_mlm_pretraining_from_scratch_then_crf_fine_tuning(tmp_path, ner_data, a
 @pytest.mark.parametrize("values, field", [({"task": "ner", "model": "scratch:bert"}, "model"),
                                            ({"task": "mlm", "model": "scratch:bert", "peft": "lora"}, "peft"),
                                            ({"task": "classify", "model": "x", "crf": True}, "crf"),
-                                           ({"task": "ner", "model": "x", "crf_features": 64}, "crf_features")])
+                                           ({"task": "ner", "model": "x", "ngram_features": 64}, "ngram_features"),
+                                           ({"task": "lm", "model": "x", "ngram_features": 64}, "ngram_features")])
 def test_option_mistakes_are_named(values, field, tmp_path):
     with pytest.raises(SpectuneError) as e:
         build(TrainConfig, {"train": "t", "out": str(tmp_path), **values})

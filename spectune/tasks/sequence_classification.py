@@ -1,4 +1,5 @@
-"""Sequence classification (sentiment, topic): one label per text, optional class weights."""
+"""Sequence classification (sentiment, topic): one label per text, optional class weights, and
+optionally a table of hashed n-gram scores added to the logits (`ngram_features`, spectune/ngrams.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ class SequenceClassification:
     metrics = ("accuracy", "macro_f1", "loss")
 
     def __init__(self, tokenizer, labels=None, max_length=256, text_column="text", label_column="label",
-                 class_weights=False, **_):
+                 class_weights=False, ngram_features=0, **_):
         self.tok, self.labels, self.max_length = tokenizer, labels, max_length
         self.columns = (text_column, label_column)
         self.class_weights = class_weights
         self.weights = None  # (L,) set from the training labels when class_weights is on
         self.truncated = 0
+        self.ngram_features = ngram_features
 
     def read(self, path, split="train") -> list[LabelledText]:
         rows = read_labelled(path, *self.columns)
@@ -39,6 +41,14 @@ class SequenceClassification:
 
         return AutoModelForSequenceClassification
 
+    def prepare_model(self, model):
+        """The n-gram table on a freshly built (and tuned) model; it trains with the encoder."""
+        if self.ngram_features:
+            from ..ngrams import attach
+
+            attach(model, self.ngram_features, len(self.labels))
+        return model
+
     def encode(self, rows: list[LabelledText]) -> list[dict]:
         lid = {label: i for i, label in enumerate(self.labels)}
         enc = self.tok([r.text for r in rows], truncation=True, max_length=self.max_length)
@@ -51,7 +61,12 @@ class SequenceClassification:
                 "labels": torch.tensor([f["label"] for f in feats], dtype=torch.long)}
 
     def logits(self, model, batch) -> torch.Tensor:
-        return logits_of(model, batch).float()  # (B, L)
+        logits = logits_of(model, batch).float()  # (B, L)
+        if self.ngram_features:
+            from ..ngrams import bag_of
+
+            logits = logits + bag_of(model)(batch["input_ids"], batch["attention_mask"])
+        return logits
 
     def loss(self, model, batch, logits=None) -> torch.Tensor:
         logits = self.logits(model, batch) if logits is None else logits

@@ -5,8 +5,8 @@ A word split into several sub-tokens carries its label on the first sub-token; t
 A sentence longer than the model's window is cut into consecutive windows at word boundaries,
 so every word is labelled and predicted exactly once (never silently truncated).
 With `crf=True` the words' scores feed a linear-chain CRF (spectune/crf.py): the loss is the
-sequence's negative log-likelihood per word, and predictions are its Viterbi path; `crf_features=N`
-adds the CRF's own hashed n-gram scores of the words' token ids.
+sequence's negative log-likelihood per word, and predictions are its Viterbi path; `ngram_features=N`
+adds the CRF's own hashed n-gram scores of the words' token ids (spectune/ngrams.py).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ class TokenClassification:
     metric = "f1"  # entity-level F1 (seqeval), what papers quote
     metrics = ("f1", "precision", "recall", "loss")
 
-    def __init__(self, tokenizer, labels=None, max_length=256, crf=False, crf_features=0, **_):
+    def __init__(self, tokenizer, labels=None, max_length=256, crf=False, ngram_features=0, **_):
         self.tok, self.labels, self.max_length, self.crf = tokenizer, labels, max_length, crf
-        self.crf_features = crf_features
+        self.ngram_features = ngram_features
         self.scheme = None
         # The special tokens the tokenizer wraps any text in (BERT: [CLS] ... [SEP]; llama: none).
         with_sp = tokenizer("a", add_special_tokens=True).input_ids
@@ -59,7 +59,7 @@ class TokenClassification:
         if self.crf:
             from ..crf import attach
 
-            attach(model, len(self.labels), self.crf_features)
+            attach(model, len(self.labels), self.ngram_features)
         return model
 
     def encode(self, sents: list[Sentence]) -> list[dict]:
