@@ -23,10 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import added_layers
 from .ngrams import key
-
-FILE = "crf.safetensors"
-
 
 _UNIGRAMS, _BIGRAMS = (-2, -1, 0, 1, 2), (-2, -1, 0, 1)  # as baselines.char_features
 
@@ -54,7 +52,7 @@ class CRF(nn.Module):
         keys += [key([at[d], at[d + 1]], 5 + t) for t, d in enumerate(_BIGRAMS)]
         return torch.stack(keys, -1).remainder(self.features.num_embeddings)
 
-    def emissions(self, em: torch.Tensor, ids: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    def emissions(self, em: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The encoder's emissions (B, W, L) plus the n-gram feature scores, when this CRF has a table."""
         if getattr(self, "features", None) is None:
             return em
@@ -118,27 +116,11 @@ def words(logits: torch.Tensor, labels: torch.Tensor, input_ids: torch.Tensor):
 
 
 def attach(model, num_tags: int, feature_buckets: int = 0) -> CRF:
-    """Register a CRF on the model (a plain or peft model), so the optimizer, accelerate's checkpoints and
-    resume see its parameters with the encoder's."""
-    crf = CRF(num_tags, feature_buckets)
-    model.add_module("crf", crf)
-    # Kept out of the Hugging Face weights (`save` writes its own file), so `from_pretrained` sees no
-    # unknown keys; accelerate's checkpoints still hold it.
-    model._keys_to_ignore_on_save = {*(getattr(model, "_keys_to_ignore_on_save", None) or ()),
-                                     *(f"crf.{k}" for k in crf.state_dict())}
-    return crf
-
-
-def save(model, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    crf = model.crf
-    save_file({k: v.detach().contiguous() for k, v in crf.state_dict().items()}, str(Path(folder) / FILE))
+    """Register a CRF on the model (spectune/added_layers.py: trained with it, stored beside it)."""
+    return added_layers.attach(model, "crf", CRF(num_tags, feature_buckets))
 
 
 def load(model, folder: Path, num_tags: int) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(Path(folder) / FILE))
+    state = added_layers.read(folder, "crf")
     buckets = state["features.weight"].shape[0] if "features.weight" in state else 0
     attach(model, num_tags, buckets).load_state_dict(state)

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-FILE = "ngrams.safetensors"
+from . import added_layers
+
 # Odd 64-bit multipliers; int64 products wrap, deterministically on every platform torch runs on.
 MIX = (0x9E3779B97F4A7C15 - (1 << 64), 0xC2B2AE3D27D4EB4F - (1 << 64))
 
@@ -63,29 +64,11 @@ class NgramBag(nn.Module):
 
 
 def attach(model, buckets: int, num_labels: int) -> NgramBag:
-    """Register the table on the model (plain or peft), so the optimizer and checkpoints see it."""
-    bag = NgramBag(buckets, num_labels)
-    model.add_module("ngrams", bag)
-    # Kept out of the Hugging Face weights (`save` writes its own file), as the CRF is.
-    model._keys_to_ignore_on_save = {*(getattr(model, "_keys_to_ignore_on_save", None) or ()),
-                                     *(f"ngrams.{k}" for k in bag.state_dict())}
-    return bag
-
-
-def bag_of(model) -> NgramBag | None:
-    """The table registered on the model, also through a DDP / FSDP wrapper (`.module`)."""
-    return getattr(model, "ngrams", None) or getattr(getattr(model, "module", None), "ngrams", None)
-
-
-def save(model, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().contiguous() for k, v in model.ngrams.state_dict().items()}, str(Path(folder) / FILE))
+    """Register the table on the model (spectune/added_layers.py: trained with it, stored beside it)."""
+    return added_layers.attach(model, "ngrams", NgramBag(buckets, num_labels))
 
 
 def load(model, folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(Path(folder) / FILE))
+    state = added_layers.read(folder, "ngrams")
     buckets, labels = state["table.weight"].shape
     attach(model, buckets, labels).load_state_dict(state)

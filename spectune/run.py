@@ -169,14 +169,9 @@ def save_model(model, tokenizer, folder: Path) -> None:
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
-        if hasattr(model, "crf"):  # an NER CRF has its own file (kept out of the HF weights)
-            from .crf import save
+        from .added_layers import save_all
 
-            save(model, tmp)
-        if hasattr(model, "ngrams"):  # so is a classifier's n-gram table
-            from .ngrams import save
-
-            save(model, tmp)
+        save_all(model, tmp)  # an NER CRF, a classifier's n-gram table: their own files (kept out of HF weights)
         tokenizer.save_pretrained(tmp)
 
     write_atomic(folder, write)

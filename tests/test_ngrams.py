@@ -11,9 +11,10 @@ import tiny
 import torch
 from safetensors.torch import load_file
 
+from spectune.added_layers import FILES
 from spectune.cli import main
 from spectune.config import TrainConfig, build
-from spectune.ngrams import FILE, NgramBag, key
+from spectune.ngrams import NgramBag, key
 from spectune.run import load_run
 from spectune.train import train
 
@@ -51,7 +52,7 @@ def test_classify_table_learns_alone_saves_and_reloads(tmp_path, tiny_bert_dir, 
     assert alone["test"]["accuracy"] >= 0.9 and without["test"]["accuracy"] < 0.8
     model_dir = tmp_path / "bag/model"
     assert not any(k.startswith("ngrams.") for k in load_file(model_dir / "model.safetensors"))
-    table = load_file(model_dir / FILE)["table.weight"]
+    table = load_file(model_dir / FILES["ngrams"])["table.weight"]
     assert table.shape == (4096, 2) and table.abs().sum() > 0
     _, _, model = load_run(tmp_path / "bag")
     assert torch.equal(model.ngrams.table.weight, table)

@@ -63,9 +63,9 @@ class SequenceClassification:
     def logits(self, model, batch) -> torch.Tensor:
         logits = logits_of(model, batch).float()  # (B, L)
         if self.ngram_features:
-            from ..ngrams import bag_of
+            from ..added_layers import find
 
-            logits = logits + bag_of(model)(batch["input_ids"], batch["attention_mask"])
+            logits = logits + find(model, "ngrams")(batch["input_ids"], batch["attention_mask"])
         return logits
 
     def loss(self, model, batch, logits=None) -> torch.Tensor:

@@ -106,10 +106,11 @@ class TokenClassification:
         if logits is None:
             logits = logits_of(model, batch)  # (B, T, L)
         if self.crf:
+            from ..added_layers import find
             from ..crf import words
 
             em, tags, mask, ids = words(logits, batch["labels"], batch["input_ids"])  # (B', W, L), (B', W) x3
-            crf = _crf_of(model)
+            crf = find(model, "crf")
             return crf.nll(crf.emissions(em, ids, mask), tags, mask) / mask.sum()
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
                                                  ignore_index=IGNORE)
@@ -126,11 +127,12 @@ class TokenClassification:
             if losses is not None:
                 losses.append((float(self.loss(model, b, logits)), len(chunk)))
             if self.crf:
+                from ..added_layers import find
                 from ..crf import words
 
                 em, _, mask, ids = words(logits, b["labels"], b["input_ids"])  # labelled = the `first` ones
                 rows = [r for r, f in enumerate(chunk) if f["first"]]
-                crf = _crf_of(model)
+                crf = find(model, "crf")
                 paths = crf.decode(crf.emissions(em, ids, mask), mask)
                 for r, path in zip(rows, paths, strict=True):
                     for (_, w), tag in zip(chunk[r]["first"], path, strict=True):
@@ -151,10 +153,3 @@ class TokenClassification:
         report["loss"] = sum(v * n for v, n in losses) / max(sum(n for _, n in losses), 1)
         return report
 
-
-def _crf_of(model):
-    """The CRF registered on the model, also through a DDP / FSDP wrapper (`.module`)."""
-    crf = getattr(model, "crf", None) or getattr(getattr(model, "module", None), "crf", None)
-    if crf is None:
-        raise RuntimeError("this NER task has crf=True but its model carries no CRF layer")
-    return crf
