@@ -153,27 +153,20 @@ def reference(decoder: str) -> str:
 def batch_rows(model, tok, prompts, outs, rows, max_new_tokens, eos, lookup, plain="ours") -> dict:
     """The first prompt of (up to) four kinds decoded as one batch of 4, plain and with look-up, against the
     same prompts at batch 1 (from the rows above): throughput, and per-row equality."""
-    from spectune.decode.engine import Request, decode_batch
-    from spectune.generate import prompt_ids
+    from spectune.decode.engine import decode_batch
 
     kinds = list(dict.fromkeys(p["kind"] for p in prompts))
     firsts = [next(p for p in prompts if p["kind"] == k) for k in kinds]
     chosen = (firsts + [p for p in prompts if p not in firsts])[:4]  # 4 different prompts, kinds first
     result = {}
     for name, drafter in ((plain, None), (f"{plain}+lookup", lookup)):
-        solo = [r for r in rows if r["decoder"] == name and r["id"] in {p["id"] for p in chosen}]
-        requests = [Request(prompt_ids(tok, p["messages"])[0].tolist(), max_new_tokens=max_new_tokens, eos=eos)
-                    for p in chosen]
-        got = {id(r): [] for r in requests}
+        queue = requests(tok, chosen, max_new_tokens, eos)
+        got = {id(r): [] for _, r in queue}
         t0 = time.perf_counter()
-        for events in decode_batch(model, requests, drafter=drafter, pad_id=0):
+        for events in decode_batch(model, [r for _, r in queue], drafter=drafter, pad_id=0):
             for r, tokens in events:
                 got[id(r)] += tokens
-        seconds = time.perf_counter() - t0
-        result[f"batch4 {name}"] = {
-            "tokens_per_s": sum(map(len, got.values())) / seconds,
-            "batch1_tokens_per_s": sum(r["new_tokens"] for r in solo) / sum(r["seconds"] for r in solo),
-            "exact": all(got[id(r)] == outs[p["id"], name] for r, p in zip(requests, chosen, strict=True))}
+        result[f"batch4 {name}"] = against_batch1(got, time.perf_counter() - t0, queue, outs, rows, name)
         result[f"streams4 {name}"] = streams(model, tok, prompts, outs, rows, max_new_tokens, eos, drafter, name)
     return result
 
@@ -181,11 +174,9 @@ def batch_rows(model, tok, prompts, outs, rows, max_new_tokens, eos, lookup, pla
 def streams(model, tok, prompts, outs, rows, max_new_tokens, eos, drafter, name, width: int = 4) -> dict:
     """Every prompt of the run through 4 concurrent streams, as a server batches them (continuous
     batching: a prompt joins as soon as a row finishes), against the same prompts one at a time."""
-    from spectune.decode.engine import Batch, Request
-    from spectune.generate import prompt_ids
+    from spectune.decode.engine import Batch
 
-    queue = [(p, Request(prompt_ids(tok, p["messages"])[0].tolist(), max_new_tokens=max_new_tokens, eos=eos))
-             for p in prompts]
+    queue = requests(tok, prompts, max_new_tokens, eos)
     got = {id(r): [] for _, r in queue}
     batch = Batch(model, drafter=drafter, pad_id=0)
     waiting = list(queue)
@@ -196,8 +187,23 @@ def streams(model, tok, prompts, outs, rows, max_new_tokens, eos, drafter, name,
         events = batch.add(joining) if joining else batch.step()
         for r, tokens in events:
             got[id(r)] += tokens
-    seconds = time.perf_counter() - t0
-    solo = [r for r in rows if r["decoder"] == name]
+    return against_batch1(got, time.perf_counter() - t0, queue, outs, rows, name)
+
+
+def requests(tok, prompts, max_new_tokens, eos) -> list:
+    """(prompt, engine Request) pairs for the prompts."""
+    from spectune.decode.engine import Request
+    from spectune.generate import prompt_ids
+
+    return [(p, Request(prompt_ids(tok, p["messages"])[0].tolist(), max_new_tokens=max_new_tokens, eos=eos))
+            for p in prompts]
+
+
+def against_batch1(got: dict, seconds: float, queue: list, outs: dict, rows: list, name: str) -> dict:
+    """Throughput of the batched tokens `got` (per request id), the same prompts' batch-1 throughput
+    (from the rows above) and whether every row's text equals its batch-1 text."""
+    ids = {p["id"] for p, _ in queue}
+    solo = [r for r in rows if r["decoder"] == name and r["id"] in ids]
     return {"tokens_per_s": sum(map(len, got.values())) / seconds,
             "batch1_tokens_per_s": sum(r["new_tokens"] for r in solo) / sum(r["seconds"] for r in solo),
             "exact": all(got[id(r)] == outs[p["id"], name] for p, r in queue)}
