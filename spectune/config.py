@@ -182,6 +182,8 @@ class TrainConfig:
     draft_new_tokens: int = opt(64, help="with --task draft: " + DRAFT_HELP["new_tokens"], min=0, max=4096)
     max_length: int = opt(256, help="tokens per example (NER: longer sentences are windowed)", min=8)
     bf16: bool = opt(False, help="bf16 autocast for forward and backward")
+    group_by_length: bool = opt(False, help="batch examples of similar length (shuffled in groups of 50 batches, "
+                                            "each sorted by length): far less padding when lengths vary")
     seed: int = opt(42, help="seed for initialisation, shuffling and dropout")
     eval_every: int = opt(0, help="evaluate every N optimizer steps (0: once per epoch)", min=0)
     metric: str | None = opt(None, help="dev metric for early stopping and the best checkpoint "

@@ -158,8 +158,13 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = make_optimizer(model, cfg)
     # The loader gets its own generator: creating an iterator draws a seed from it, and drawing from
     # the global RNG instead would shift dropout masks after a resume.
-    loader = torch.utils.data.DataLoader(train_feats, batch_size=cfg.batch_size, shuffle=True,
-                                         collate_fn=task.collate, generator=torch.Generator().manual_seed(cfg.seed))
+    order = {"shuffle": True}
+    if cfg.group_by_length:
+        from .length_groups import LengthGroupedSampler
+
+        order = {"sampler": LengthGroupedSampler([len(f["input_ids"]) for f in train_feats], cfg.batch_size, cfg.seed)}
+    loader = torch.utils.data.DataLoader(train_feats, batch_size=cfg.batch_size, collate_fn=task.collate,
+                                         generator=torch.Generator().manual_seed(cfg.seed), **order)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
     def trainable_only(models, weights, _dir) -> None:
