@@ -104,7 +104,8 @@ def library() -> ctypes.CDLL | None:
     lib.int8_dequantize.restype = None
     ptrs = ctypes.POINTER(ctypes.c_void_p)
     lib.decode_layers.argtypes = [num, ptr, num, num, num, ptrs, ctypes.c_float, ptrs, ptrs, num, num, num, num, num,
-                                  ptrs, ptrs, ctypes.POINTER(ctypes.c_int), num, ptr, ptr, ptr, ctypes.c_float, num]
+                                  ptrs, ptrs, ctypes.POINTER(ctypes.c_int), num, ptr, ptr, ptr, ctypes.c_float,
+                                  ptr, num, num]
     lib.decode_layers.restype = None
     _LIB = lib
     return lib
@@ -201,16 +202,21 @@ class StepWeights:
 
 
 def decode_layers(plan: StepWeights, layers: int, x: torch.Tensor, batch: int, new: int, keys: list, values: list,
-                  caps: list[int], past: int, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor | None) -> None:
+                  caps: list[int], past: int, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor | None,
+                  rows: torch.Tensor | None = None) -> None:
     """The first `layers` decoder layers over x (B*T, hidden) fp32 in place, writing the step's keys and
     values into the cache buffers keys[l] / values[l] (B, kv_heads, caps[l], D) at columns past..past+T.
-    cos, sin (B, T, D) fp32 contiguous (sin's first half negated); cols (B, past+T) uint8 or None."""
+    cos, sin (B, T, D) fp32 contiguous (sin's first half negated); cols (B, past+T) uint8 or None.
+    rows (m,) int32, optional: a ragged pass, x then (m, hidden) holds only the positions b*T + t listed
+    (the others get zero keys and values, masked)."""
+    assert rows is None or (rows.dtype == torch.int32 and rows.is_contiguous() and x.shape[0] == rows.numel())
     p = plan.shape
     _LIB.decode_layers(layers, x.data_ptr(), batch, new, p["hidden"], plan.norms, p["eps"], plan.weights,
                        plan.scales, plan.kind, p["heads"], p["kv_heads"], p["head_dim"], p["inter"],
                        (ctypes.c_void_p * layers)(*(k.data_ptr() for k in keys)),
                        (ctypes.c_void_p * layers)(*(v.data_ptr() for v in values)), (ctypes.c_int * layers)(*caps),
-                       past, cos.data_ptr(), sin.data_ptr(), _ptr(cols), p["scale"], torch.get_num_threads())
+                       past, cos.data_ptr(), sin.data_ptr(), _ptr(cols), p["scale"], _ptr(rows),
+                       rows.numel() if rows is not None else 0, torch.get_num_threads())
 
 
 _MADV_HUGEPAGE, _MADV_COLLAPSE, _HUGE = 14, 25, 2 << 20

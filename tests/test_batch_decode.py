@@ -176,3 +176,51 @@ def test_compact_keeps_each_rows_columns_in_order():
     assert cache.layers[0].keys[0, 0, :, 0].tolist() == keys[0, 0, [1, 3, 4], 0].tolist()
     assert cache.layers[0].values[1, 0, :, 0].tolist() == (keys[1, 0, [0, 1, 4], 0] + 100).tolist()
     assert Metrics().tau == 0.0
+
+
+def test_batch_width_is_chosen_for_the_whole_pass():
+    from spectune.decode.draft_length import pass_width, row_cost
+
+    fp32 = row_cost(4)
+    # batch 1: drafts that are usually accepted are worth a longer pass
+    assert pass_width([6], [0.8], fp32) >= 3
+    # batch 4: one row's drafts would pad all four rows; at acceptance 0.5 that never pays
+    assert pass_width([6, 0, 0, 0], [0.5, 0.5, 0.5, 0.5], fp32) == 0
+    # ... but four rows that all draft well do
+    assert pass_width([6, 6, 6, 6], [0.9] * 4, fp32) >= 2
+    # a sampled row keeps its drafts: the width is at least theirs, the greedy rows fill it for free
+    assert pass_width([6, 0, 0, 0], [0.5] * 4, fp32, fixed=[False, False, True, False]) == 0
+    assert pass_width([0, 3, 5, 0], [0.1] * 4, fp32, fixed=[False, False, True, False]) == 5
+    # narrower weights make each extra row dearer (the products stop hiding behind weight reads)
+    assert row_cost(4) < row_cost(2) < row_cost(1)
+
+
+def test_one_rows_drafts_cost_only_their_own_rows_on_our_forward(target, alone):
+    """A right-every-time drafter for one row only: on our forward, which computes only the positions
+    fed, that row drafts (its drafts cost only their own rows); with transformers' forward, which pads
+    every row to the longest, it does not at batch 4 (the padding would cost more than its drafts
+    win). Every text stays its own either way."""
+    from spectune.decode import lean_llama
+
+    class OnlyFirst(Oracle):
+        def propose(self, ctx, k, sampling, gen):
+            right, _ = super().propose(ctx, k, sampling, gen)
+            return (right if tuple(ctx[: len(PROMPTS[0])]) == tuple(PROMPTS[0]) else []), None
+
+    requests = [Request(p, max_new_tokens=30) for p in PROMPTS]
+    batch = Batch(target, drafter=OnlyFirst(alone), pad_id=0)
+    got = {id(r): [] for r in requests}
+    widths = []
+    for r, tokens in batch.add(requests):
+        got[id(r)] += tokens
+    while batch:
+        before, rows = batch.mask.shape[1], len(batch)
+        for r, tokens in batch.step():
+            got[id(r)] += tokens
+        widths.append((rows, batch.mask.shape[1] - before))
+    assert [got[id(r)] for r in requests] == alone
+    if lean_llama.installed(target):
+        assert requests[0].metrics.accepted >= 15 and requests[0].metrics.target_passes <= 12  # of 30 plain
+        assert any(w > 4 for rows, w in widths if rows == 4)
+    else:
+        assert all(w <= 1 for rows, w in widths if rows == 4)  # (a compaction shrinks the mask)

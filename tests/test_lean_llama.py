@@ -179,6 +179,56 @@ def test_a_step_is_one_kernel_call_and_a_pass_of_k_tokens_gives_k_steps_logits_b
 
 
 @pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_a_ragged_pass_computes_only_the_positions_fed_with_one_token_steps_bits(weights, monkeypatch):
+    """Rows verifying 4, 1, 3 and 2 tokens, padded to 4: the kernel gets only the 10 positions fed (one
+    call), each with the logits of one-token steps bit for bit; padding columns hold zero keys and
+    values (masked); and a pass of 8 rows x 5 = 40 positions with fewer than 32 fed is a kernel step."""
+    import copy
+
+    from transformers import DynamicCache
+
+    model = {"fp32": sharp_llama, "int8": lambda: quantize_int8(sharp_llama())}[weights]()
+    assert lean_llama.install(model)
+    calls = []
+    real = cpu_kernel.decode_layers
+    monkeypatch.setattr(cpu_kernel, "decode_layers", lambda *a: calls.append(a[2].shape) or real(*a))
+    ids, mask = left_pad(PROMPTS, 0)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        forward_batch(model, ids, mask, cache)
+        other = copy.deepcopy(cache)
+        lengths = [4, 1, 3, 2]
+        fed = torch.tensor([[7, 8, 9, 10]] * len(PROMPTS))
+        own = torch.tensor([[int(t < n) for t in range(4)] for n in lengths])  # (B, 4)
+        calls.clear()
+        whole, _ = forward_batch(model, fed, torch.cat([mask, own], 1), cache)  # (B, 4, V)
+        assert calls == [(sum(lengths), model.config.hidden_size)]
+        past = mask.shape[1]
+        for t in range(4):
+            step_mask = torch.cat([mask, own[:, : t + 1]], 1)
+            one, _ = forward_batch(model, fed[:, t:t + 1], step_mask, other)
+            for b, n in enumerate(lengths):
+                if t < n:
+                    assert torch.equal(one[b, 0], whole[b, t])
+    for la, lb in zip(cache.layers, other.layers, strict=True):
+        for b, n in enumerate(lengths):
+            assert torch.equal(la.keys[b, :, : past + n], lb.keys[b, :, : past + n])
+            assert not la.keys[b, :, past + n:].any() and not la.values[b, :, past + n:].any()
+    # 8 rows, one verifying 4 drafts and the others none: 40 positions, 12 fed, one kernel step
+    rows = [*PROMPTS, *PROMPTS]
+    ids, mask = left_pad(rows, 0)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        forward_batch(model, ids, mask, cache)
+        calls.clear()
+        own = torch.zeros(8, 5, dtype=mask.dtype)
+        own[:, 0], own[0] = 1, 1
+        forward_batch(model, torch.full((8, 5), 7), torch.cat([mask, own], 1), cache)
+    assert calls == [(12, model.config.hidden_size)]
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
 def test_a_copied_model_steps_with_its_own_weights():
     import copy
 

@@ -9,6 +9,15 @@ to a one-token target pass), k drafts yield (1 - a^(k+1)) / (1 - a) tokens for 1
 passes' worth of time; it picks the k that maximises the ratio, and pauses (probing again later)
 when no k beats plain decoding. c is the ratio of weight bytes read per token (draft over target),
 not a clock reading, so a seeded run drafts the same tokens every time.
+
+pass_width is for batches: a pass of n rows (each row's last token and its drafts) costs more than
+a one-token pass once n outgrows what the weight reads hide (measured on this CPU, SmolLM2-135M,
+lean forward, 200-token context, relative to one row: fp32 1.30 at 4 rows, 2.51 at 20; int8 1.76
+and 5.38). At batch 1 extra drafts are nearly free, at batch 4 they are not: four rows drafting 4
+tokens each made a fp32 pass 1.9x a plain batch pass, more than look-up's accepted tokens paid
+back, and look-up streams ran below plain ones. With transformers' forward every row is padded to
+the longest row's drafts; ours feeds only the real positions (lean_llama.fed_rows), so one row's
+drafts cost only their own rows.
 """
 
 from __future__ import annotations
@@ -18,8 +27,13 @@ class AdaptiveK:
     """Draft length that grows while drafts are accepted and shrinks when they are not; after
     repeated misses at k=1 drafting pauses, so a poor drafter costs almost nothing."""
 
-    def __init__(self, k: int = 4, k_max: int = 12):
+    def __init__(self, k: int = 4, k_max: int = 12, decay: float = 0.9):
         self.k, self.k_max, self.misses, self.pause, self.pause_len = k, k_max, 0, 0, 8
+        self.decay, self.hits, self.trials = decay, 1.0, 2.0  # acceptance estimate, for pass_width
+
+    @property
+    def acceptance(self) -> float:
+        return self.hits / self.trials
 
     def next(self) -> int:
         if self.pause:
@@ -30,6 +44,8 @@ class AdaptiveK:
     def update(self, drafted: int, accepted: int) -> None:
         if drafted == 0:
             return
+        self.hits = self.decay * self.hits + accepted
+        self.trials = self.decay * self.trials + accepted + (accepted < drafted)
         if accepted:
             self.pause_len = 8
         if accepted == drafted:
@@ -82,3 +98,45 @@ class CostAwareK:
             return 0
         self.pause_len = 4
         return best_k
+
+
+def row_cost(bytes_per_weight: float) -> float:
+    """Cost of one more row in a pass, relative to a one-row pass, for weights of this width:
+    a fit to the measurements above (fp32 0.085, bf16 0.135, int8 0.215): the narrower the weights,
+    the sooner the products stop being bound by reading them."""
+    return 0.085 * (4 / bytes_per_weight) ** (2 / 3)
+
+
+def expected_tokens(acceptance: float, k: int) -> float:
+    """Tokens a row emits from k drafts accepted in order with probability `acceptance` each, the
+    target's own token included: 1 + a + a^2 + ... + a^k."""
+    a = min(acceptance, 0.999)
+    return (1 - a ** (k + 1)) / (1 - a)
+
+
+def pass_width(drafts: list[int], acceptance: list[float], alpha: float, fixed: list[bool] | None = None,
+               ragged: bool = False, limit: int = 31) -> int:
+    """The number of drafts per row (a cap k) that maximises the batch's expected tokens per unit of
+    pass time, for rows offering `drafts[b]` drafts with acceptance estimate `acceptance[b]`. A pass
+    of n rows costs 1 + alpha * (n - 1) one-row passes, n = batch * (1 + k) when rows are padded to
+    the longest, sum(1 + min(k, drafts[b])) when the forward feeds only real positions (`ragged`),
+    and at most `limit`. Rows marked `fixed` keep all their drafts (a seeded sampled row: its text
+    depends on how many it drafts, and must not depend on its batch), so k is at least theirs."""
+    fixed = fixed or [False] * len(drafts)
+    floor = max((d for d, f in zip(drafts, fixed, strict=True) if f), default=0)
+
+    def value(k: int) -> float | None:
+        used = [d if f else min(k, d) for d, f in zip(drafts, fixed, strict=True)]
+        rows = sum(1 + u for u in used) if ragged else len(drafts) * (1 + max(used, default=0))
+        if rows > limit and k > floor:
+            return None
+        return sum(expected_tokens(a, u) for u, a in zip(used, acceptance, strict=True)) / (1 + alpha * (rows - 1))
+
+    best_k, best = floor, value(floor)
+    for k in range(floor + 1, max(drafts, default=0) + 1):
+        v = value(k)
+        if v is None:
+            break
+        if v > best * 1.02:  # a longer pass must win clearly: the estimates are noisy
+            best_k, best = k, v
+    return best_k

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import ragged_cache
-from .draft_length import AdaptiveK, CostAwareK
+from . import lean_llama, ragged_cache
+from .draft_length import AdaptiveK, CostAwareK, pass_width, row_cost
 from .lean_llama import STEP_ROWS  # passes of fewer rows are our kernels' steps; longer ones MKL's, whose bits differ
 from .sampling import Sampling, distribution
 from .speculative import verify
@@ -106,9 +106,20 @@ def forward_batch(model, input_ids: torch.Tensor, mask: torch.Tensor, cache, las
     extra = cache_kwargs(model, cache)
     if last_only and "logits_to_keep" in forward_params(model):
         extra["logits_to_keep"] = 1
+    # A ragged pass (rows verifying different numbers of drafts, padded to the longest) on our
+    # forward: the stack computes only the positions fed, and so does the output layer here.
+    fed = None if last_only or not lean_llama.installed(model) else lean_llama.fed_rows(mask, *input_ids.shape)
     with final_hidden(model) if hidden else contextlib.nullcontext({}) as box:
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
-    return out.logits, box.get("hidden")
+        if fed is None:
+            return model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **extra).logits, box.get("hidden")
+        out = model.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                  use_cache=True, **extra)
+    at = fed.long()
+    h = out.last_hidden_state  # (B, T, H)
+    logits = model.get_output_embeddings()(h.reshape(-1, h.shape[-1])[at])  # (m, V)
+    full = logits.new_zeros(h.shape[0] * h.shape[1], logits.shape[-1]).index_copy_(0, at, logits)
+    return full.view(*h.shape[:2], -1), box.get("hidden")  # (B, T, V); padding positions' logits are 0
 
 
 @dataclass(eq=False)
@@ -181,6 +192,8 @@ class Batch:
             self.draft_cost = weight_bytes(drafter.model) / max(weight_bytes(model), 1)
         # A drafter that reads the target's features (a draft head) is handed those of every position kept.
         self.hidden = getattr(drafter, "observes", False)
+        self.alpha = row_cost(weight_width(model))  # cost of one more row in a pass, see draft_length.py
+        self.ragged = lean_llama.installed(model)  # a pass computes only the positions fed, not the padding
         self.rows: list[Request] = []
         self.cache = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)  # (B, S): which cache columns each row sees
@@ -226,17 +239,32 @@ class Batch:
     @torch.no_grad()
     def step(self) -> list[tuple[Request, list[int]]]:
         """One target pass for every row: returns (request, new tokens) for each."""
-        plan = []
         # A verification pass stays within the rows our kernels take (STEP_ROWS), so every row of it
-        # is computed as a one-token step computes it, bit for bit: batch 4 drafts at most 6 tokens a
-        # row, batch 16 and over none (plain decoding, which is what a batch that large wants anyway).
-        most = (STEP_ROWS - 1) // len(self.rows) - 1
-        for r in self.rows:
-            budget = r.max_new_tokens - r.metrics.new_tokens  # tokens this row may still emit
-            want = min(r.plan.next() if r.plan else r.k, budget - 1, most) if r.drafter is not None else 0
+        # is computed as a one-token step computes it, bit for bit. A sampled row keeps its own drafts
+        # (how many it drafts moves its random draws, and a seeded request must give the same text
+        # whether or not it shares a batch): at most its share of those rows. Greedy rows share what
+        # is left: every row is padded to the longest row's drafts (or, on our forward, only the
+        # positions fed are computed), and a pass's cost grows with its rows, so the batch's draft
+        # length is chosen for the batch as a whole (draft_length.pass_width): before a draft model
+        # spends time on drafts, and again on what the drafters offered (look-up finds fewer, or none).
+        share = (STEP_ROWS - 1) // len(self.rows) - 1
+        fixed = [not r.sampling.greedy for r in self.rows]
+        wants = [min(r.plan.next() if r.plan else r.k, r.max_new_tokens - r.metrics.new_tokens - 1,
+                     share if f or not self.adaptive else STEP_ROWS - 1 - len(self.rows))
+                 if r.drafter is not None else 0 for r, f in zip(self.rows, fixed, strict=True)]
+        shared = self.adaptive and len(self.rows) > 1
+        acceptance = [r.plan.acceptance for r in self.rows] if shared else []
+        if shared:
+            cap = pass_width(wants, acceptance, self.alpha, fixed, self.ragged, STEP_ROWS - 1)
+            wants = [w if f else min(w, cap) for w, f in zip(wants, fixed, strict=True)]
+        plan = []
+        for r, want in zip(self.rows, wants, strict=True):
             drafts, q = r.drafter.propose(r.tokens, want, r.sampling, r.gen) if want > 0 else ([], None)
-            drafts = drafts[:want]
-            plan.append((drafts, q[: len(drafts)] if q is not None else None))
+            plan.append((drafts[:want], q))
+        if shared:
+            cap = pass_width([len(d) for d, _ in plan], acceptance, self.alpha, fixed, self.ragged, STEP_ROWS - 1)
+            plan = [(d if f else d[:cap], q) for (d, q), f in zip(plan, fixed, strict=True)]
+        plan = [(d, q[: len(d)] if q is not None else None) for d, q in plan]
         width = 1 + max(len(d) for d, _ in plan)
         ids = torch.full((len(self.rows), width), self.pad_id, dtype=torch.long)  # (B, 1 + K)
         new = torch.zeros((len(self.rows), width), dtype=self.mask.dtype)
@@ -283,6 +311,18 @@ class Batch:
         # Columns no row attends to (rejected drafts, a departed row's long prompt) still cost attention.
         if self.mask.shape[1] > 32 and ragged_cache.holes(self.mask) > 0.25:
             self.cache, self.mask = ragged_cache.compact(self.cache, self.mask)
+
+
+def weight_width(model) -> float:
+    """Bytes per weight of the model's linear layers (1 for int8 weight-only layers)."""
+    from ..quantize import Int8Linear
+
+    for m in model.modules():
+        if isinstance(m, Int8Linear):
+            return 1.0
+        if isinstance(m, torch.nn.Linear):
+            return float(m.weight.element_size())
+    return 4.0
 
 
 def decode(model, prompt: list[int], *, sampling: Sampling = GREEDY, max_new_tokens: int = 128,

@@ -159,10 +159,21 @@ def _append(layer, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torc
     return layer.keys, layer.values
 
 
-def _step(stack, x: torch.Tensor, cache, attention_mask, batch: int, new: int, past: int, cos, sin) -> bool:
-    """A decoding step's layers in one call into our kernel (step.c), x (B*T, H) fp32 updated in place;
-    False, nothing done, where it cannot take it (a cache without per-layer keys, a mask of another
-    width)."""
+def fed_rows(attention_mask, batch: int, new: int) -> torch.Tensor | None:
+    """A ragged pass: the positions b*T + t (int32) whose own mask column is set, when some are not
+    (a batch's rows verifying different numbers of drafts are padded to the longest); None otherwise.
+    Only the positions fed are computed; a padding position's output is never read."""
+    if attention_mask is None or new == 1 or attention_mask.shape[0] != batch or torch.compiler.is_compiling():
+        return None
+    own = attention_mask[:, -new:].reshape(-1).bool()  # (B*T,)
+    return None if bool(own.all()) else own.nonzero().view(-1).to(torch.int32)
+
+
+def _step(stack, x: torch.Tensor, cache, attention_mask, batch: int, new: int, past: int, cos, sin,
+          fed: torch.Tensor | None = None) -> bool:
+    """A decoding step's layers in one call into our kernel (step.c), x (B*T, H) fp32 updated in place,
+    or (m, H), the m positions `fed` lists; False, nothing done, where it cannot take it (a cache
+    without per-layer keys, a mask of another width)."""
     weights = stack.__dict__["_lean_step"]
     depth = stack.config.num_hidden_layers
     layers = cache.layers[:depth]
@@ -180,7 +191,7 @@ def _step(stack, x: torch.Tensor, cache, attention_mask, batch: int, new: int, p
                 layer.update(empty, empty)
     rooms = [_room(layer, new) for layer in layers]
     cpu_kernel.decode_layers(weights, depth, x, batch, new, [r[0] for r in rooms], [r[1] for r in rooms],
-                             [r[0].shape[-2] for r in rooms], past, cos.contiguous(), sin.contiguous(), cols)
+                             [r[0].shape[-2] for r in rooms], past, cos.contiguous(), sin.contiguous(), cols, fed)
     for layer, (kbuf, vbuf, n) in zip(layers, rooms, strict=True):
         _commit(layer, kbuf, vbuf, n + new)
     return True
@@ -245,16 +256,20 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
     # Eager decoding steps (passes of fewer than STEP_ROWS rows) with int8, fp32 or bf16 weights: all
     # the layers in one call into our kernel, on x held as one contiguous (B*T, H) fp32 block updated
     # in place. Prompts (long passes) stay with MKL's matrix products and SDPA.
-    step = (not compiling and batch * new < STEP_ROWS and x.dtype in FOLDED_DTYPES
-            and stack.__dict__["_lean_step"] is not None and cpu_kernel.available())
+    fed = fed_rows(attention_mask, batch, new)
+    step = (not compiling and (batch * new if fed is None else fed.numel()) < STEP_ROWS
+            and x.dtype in FOLDED_DTYPES and stack.__dict__["_lean_step"] is not None and cpu_kernel.available())
     cos, sin = stack.rotary_emb(x.float(), position_ids=position_ids)  # (B, T, D) each, fp32
     # RoPE's rotate_half(x) * sin, as roll(x) * (sin with its first half negated): two operations
     # fewer per layer, the same products (a sign flip is exact).
     half = sin.shape[-1] // 2
     sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)
     if step:
-        rows = x.reshape(batch * new, -1).float().clone()  # (B*T, H): ours to update in place
-        if _step(stack, rows, cache, attention_mask, batch, new, past, cos, sin):
+        rows = x.reshape(batch * new, -1).float()  # (B*T, H), or the m rows fed: ours to update in place
+        rows = rows.clone() if fed is None else rows[fed.long()]
+        if _step(stack, rows, cache, attention_mask, batch, new, past, cos, sin, fed):
+            if fed is not None:  # padding positions: zero hidden states (their logits are never read)
+                rows = rows.new_zeros(batch * new, rows.shape[1]).index_copy_(0, fed.long(), rows)
             return BaseModelOutputWithPast(last_hidden_state=stack.norm(rows.view(batch, new, -1).to(x.dtype)),
                                            cache=cache)
     cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D)
@@ -329,6 +344,11 @@ def install(model) -> bool:
             and head.weight.is_contiguous()):
         head.forward = types.MethodType(_head_forward, head)
     return True
+
+
+def installed(model) -> bool:
+    """Whether the model's decoder stack runs this forward."""
+    return "_lean_plan" in getattr(getattr(model, "model", None), "__dict__", {})
 
 
 def rebind(original, copy) -> None:

@@ -6,7 +6,8 @@
  * calls) cost 8-11 ms a step, as much as reading the weights of a bf16 layer stack. Here it is one
  * call per step; the caller (decode/lean_llama.py) only makes room in the cache buffers first.
  *
- * Layout: x (m = B*T, hidden) fp32, row b*T + t, updated in place (the residual stream). Key and
+ * Layout: x (m = B*T, hidden) fp32, row b*T + t, updated in place (the residual stream); a ragged
+ * pass (rows of a batch verifying different numbers of drafts) feeds only its real positions. Key and
  * value buffers per layer (B, KV, cap, D) fp32; columns [0, past) hold the cache, the step writes
  * [past, past + T). cos and sin (B, T, D) are RoPE's tables with sin's first half negated
  * (rotate_half(x) * sin == roll(x, D/2) * that), as the Python forward uses them. `cols` (B, past + T),
@@ -80,22 +81,34 @@ static inline void rope(const float *src, const float *cos, const float *sin, fl
     }
 }
 
-/* RoPE on q (into q_out (m, H, D)) and k, and k, v written into the cache buffers at past + t. */
+/* RoPE on q (into q_out (m, H, D)) and k, and k, v written into the cache buffers at past + t, for the
+ * m rows fed (row i is position rows[i] = b*T + t of the pass, or i itself when rows is NULL). A
+ * position not fed (padding of a ragged pass) gets zero keys and values: its column is masked, and
+ * zeros keep whatever the buffer held before (possibly not a number) out of the masked sums. */
 static void rope_append(const float *qkv, const float *cos, const float *sin, float *q_out, float *kbuf,
-                        float *vbuf, int b_n, int t_n, int heads, int kv, int d, int cap, int past) {
+                        float *vbuf, int b_n, int t_n, int heads, int kv, int d, int cap, int past,
+                        const int *rows, int m) {
     int width = (heads + 2 * kv) * d;
-    for (int b = 0; b < b_n; b++)
-        for (int t = 0; t < t_n; t++) {
-            const float *row = qkv + (size_t)(b * t_n + t) * width;
-            const float *c = cos + (size_t)(b * t_n + t) * d, *s = sin + (size_t)(b * t_n + t) * d;
-            for (int h = 0; h < heads; h++) rope(row + h * d, c, s, q_out + ((size_t)(b * t_n + t) * heads + h) * d, d);
-            for (int h = 0; h < kv; h++) {
-                size_t at = (((size_t)b * kv + h) * cap + past + t) * d;
-                rope(row + (heads + h) * d, c, s, kbuf + at, d);
-                const float *v = row + (heads + kv + h) * d;
-                for (int i = 0; i < d; i++) vbuf[at + i] = v[i];
-            }
+    if (rows) {
+        for (int b = 0; b < b_n; b++)
+            for (int t = 0; t < t_n; t++)
+                for (int h = 0; h < kv; h++) {
+                    size_t at = (((size_t)b * kv + h) * cap + past + t) * d;
+                    for (int i = 0; i < d; i++) kbuf[at + i] = vbuf[at + i] = 0.0f;
+                }
+    }
+    for (int i = 0; i < m; i++) {
+        int flat = rows ? rows[i] : i, b = flat / t_n, t = flat % t_n;
+        const float *row = qkv + (size_t)i * width;
+        const float *c = cos + (size_t)flat * d, *s = sin + (size_t)flat * d;
+        for (int h = 0; h < heads; h++) rope(row + h * d, c, s, q_out + ((size_t)i * heads + h) * d, d);
+        for (int h = 0; h < kv; h++) {
+            size_t at = (((size_t)b * kv + h) * cap + past + t) * d;
+            rope(row + (heads + h) * d, c, s, kbuf + at, d);
+            const float *v = row + (heads + kv + h) * d;
+            for (int j = 0; j < d; j++) vbuf[at + j] = v[j];
         }
+    }
 }
 
 #ifdef __AVX512F__
@@ -143,14 +156,15 @@ static inline float exp_sum(float *scores, int n, float top) {
 /* out (m, H*D): softmax(q k^T * scale) v for every (row, head, query), grouped-query heads sharing
  * their key/value head. Each (row, head, query) is one task, its columns in order. */
 static void attend(const float *q, const float *kbuf, const float *vbuf, const uint8_t *cols, float *out,
-                   float scale, int b_n, int t_n, int heads, int kv, int d, int cap, int past, int threads) {
+                   float scale, int b_n, int t_n, int heads, int kv, int d, int cap, int past, const int *rows,
+                   int m, int threads) {
     int total = past + t_n, group = heads / kv;
     #pragma omp parallel num_threads(threads)
     {
         float *scores = malloc(sizeof(float) * (size_t)total);
         #pragma omp for schedule(static)
-        for (int item = 0; item < b_n * t_n * heads; item++) {
-            int h = item % heads, row = item / heads, b = row / t_n, t = row % t_n;
+        for (int item = 0; item < m * heads; item++) {
+            int h = item % heads, row = item / heads, flat = rows ? rows[row] : row, b = flat / t_n, t = flat % t_n;
             const float *qv = q + ((size_t)row * heads + h) * d;
             const float *keys = kbuf + ((size_t)b * kv + h / group) * cap * d;
             const float *vals = vbuf + ((size_t)b * kv + h / group) * cap * d;
@@ -219,15 +233,17 @@ static void attend(const float *q, const float *kbuf, const float *vbuf, const u
     }
 }
 
-/* The decoder layers over x in place. Per layer l: norms[2l], norms[2l+1] (fp32, hidden); weights
+/* The decoder layers over x in place: x holds the m rows fed, (m, hidden); `rows` (m), optional, says
+ * which position b*T + t of the pass each is (a ragged pass feeds fewer than B*T: see rope_append),
+ * NULL for all B*T in order. Per layer l: norms[2l], norms[2l+1] (fp32, hidden); weights
  * w[4l..4l+3] = fused q/k/v (out (H+2KV)*D), o (hidden), fused gate/up (2*inter), down (hidden), all
  * of one `kind`, with scales s[...] for INT8 (NULL entries otherwise); keys[l], values[l] its
  * cache buffers, caps[l] columns wide. */
 void decode_layers(int layers, float *x, int b_n, int t_n, int hidden, const float *const *norms, float eps,
                    const void *const *w, const float *const *s, int kind, int heads, int kv, int d, int inter,
                    float *const *keys, float *const *values, const int *caps, int past, const float *cos,
-                   const float *sin, const uint8_t *cols, float scale, int threads) {
-    int m = b_n * t_n, qkv_w = (heads + 2 * kv) * d;
+                   const float *sin, const uint8_t *cols, float scale, const int *rows, int fed, int threads) {
+    int m = rows ? fed : b_n * t_n, qkv_w = (heads + 2 * kv) * d;
     int widest = qkv_w > 2 * inter ? qkv_w : 2 * inter;
     float *normed = malloc(sizeof(float) * (size_t)m * hidden);
     float *wide = malloc(sizeof(float) * (size_t)m * widest);        /* q/k/v, then gate/up */
@@ -237,8 +253,8 @@ void decode_layers(int layers, float *x, int b_n, int t_n, int hidden, const flo
     for (int l = 0; l < layers; l++) {
         rmsnorm_rows(x, norms[2 * l], eps, normed, m, hidden);
         product_of_kind(kind, normed, w[4 * l], s[4 * l], wide, m, hidden, qkv_w, 0, threads);
-        rope_append(wide, cos, sin, q, keys[l], values[l], b_n, t_n, heads, kv, d, caps[l], past);
-        attend(q, keys[l], values[l], cols, att, scale, b_n, t_n, heads, kv, d, caps[l], past, threads);
+        rope_append(wide, cos, sin, q, keys[l], values[l], b_n, t_n, heads, kv, d, caps[l], past, rows, m);
+        attend(q, keys[l], values[l], cols, att, scale, b_n, t_n, heads, kv, d, caps[l], past, rows, m, threads);
         product_of_kind(kind, att, w[4 * l + 1], s[4 * l + 1], x, m, heads * d, hidden, 1, threads);
         rmsnorm_rows(x, norms[2 * l + 1], eps, normed, m, hidden);
         product_of_kind(kind, normed, w[4 * l + 2], s[4 * l + 2], wide, m, hidden, 2 * inter, 0, threads);
