@@ -224,3 +224,17 @@ def test_one_rows_drafts_cost_only_their_own_rows_on_our_forward(target, alone):
         assert any(w > 4 for rows, w in widths if rows == 4)
     else:
         assert all(w <= 1 for rows, w in widths if rows == 4)  # (a compaction shrinks the mask)
+
+
+def test_a_layers_draft_borrows_the_targets_keys_after_a_pause(target, alone):
+    """layers:N shares the target's first N layers, so after a pause it takes their keys and values
+    from the target's cache instead of running its layers over every token it missed (the prompt
+    included): it is never fed more than the last token, in a batch or alone, and every text stays
+    the plain one."""
+    drafter = layers_drafter(target, 1)
+    fed = []
+    inner = drafter.model.forward
+    drafter.model.forward = lambda *a, **kw: fed.append(kw["input_ids"].shape[1]) or inner(*a, **kw)
+    assert batched(target, [Request(p, max_new_tokens=30) for p in PROMPTS], drafter=drafter) == alone
+    assert [solo(target, p, drafter=drafter) for p in PROMPTS] == alone
+    assert fed and max(fed) == 1  # the prompt and the missed tokens came from the target's cache

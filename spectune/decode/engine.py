@@ -28,13 +28,18 @@ from .sampling import Sampling, distribution
 from .speculative import verify
 
 
-def forward(model, ids: list[int], cache):
-    """Logits (len(ids), V) for `ids` appended to `cache`; returns (logits, cache)."""
+def forward(model, ids: list[int], cache, last_only: bool = False):
+    """Logits (len(ids), V) for `ids` appended to `cache`, or (1, V) for the last one only with
+    `last_only` (a draft model catching up on a prompt: the output layer over every position would
+    cost more than its layers); returns (logits, cache)."""
     from transformers import DynamicCache
 
     if cache is None:
         cache = DynamicCache(config=model.config)
-    out = model(input_ids=torch.tensor([ids]), use_cache=True, **cache_kwargs(model, cache))
+    extra = cache_kwargs(model, cache)
+    if last_only and len(ids) > 1 and "logits_to_keep" in forward_params(model):
+        extra["logits_to_keep"] = 1
+    out = model(input_ids=torch.tensor([ids]), use_cache=True, **extra)
     return out.logits[0], cache
 
 
@@ -258,7 +263,10 @@ class Batch:
             cap = pass_width(wants, acceptance, self.alpha, fixed, self.ragged, STEP_ROWS - 1)
             wants = [w if f else min(w, cap) for w, f in zip(wants, fixed, strict=True)]
         plan = []
-        for r, want in zip(self.rows, wants, strict=True):
+        for b, (r, want) in enumerate(zip(self.rows, wants, strict=True)):
+            if want > 0 and getattr(r.drafter, "shares", 0):  # layers:N: the target's keys for its layers
+                r.drafter.borrow = lambda b=b, n=r.drafter.shares, d=r.drafter: ragged_cache.row_layers(
+                    self.cache, self.mask, b, n, d.model.config)
             drafts, q = r.drafter.propose(r.tokens, want, r.sampling, r.gen) if want > 0 else ([], None)
             plan.append((drafts[:want], q))
         if shared:

@@ -95,3 +95,15 @@ def compact(cache, mask: torch.Tensor):
         layer.keys = layer.keys.gather(2, index[:, None, :, None].expand(B, H, width, layer.keys.shape[-1]))
         layer.values = layer.values.gather(2, index[:, None, :, None].expand(B, H, width, layer.values.shape[-1]))
     return cache, new_mask
+
+
+def row_layers(cache, mask: torch.Tensor, b: int, layers: int, config):
+    """Row b's attended columns of the first `layers` layers, in order, as a one-row DynamicCache (a
+    copy): what a draft made of the target's first layers (layers:N) would compute for them itself."""
+    from transformers import DynamicCache
+
+    cols = mask[b].nonzero().squeeze(1)
+    own = DynamicCache(config=config)
+    for i, layer in enumerate(_layers(cache)[:layers]):
+        own.update(layer.keys[b:b + 1, :, cols], layer.values[b:b + 1, :, cols], i)
+    return own
