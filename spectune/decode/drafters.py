@@ -141,8 +141,12 @@ def trained_draft(run_dir: str, target, target_spec: str | None):
     if getattr(target.config, "spectune_quantized", None) == "int8":
         from ..quantize import quantize_int8
 
-        return ModelDrafter(quantize_int8(draft))
-    return ModelDrafter(draft.to(target.dtype))
+        draft = quantize_int8(draft)
+    else:
+        draft = draft.to(target.dtype)
+    if lean_llama.installed(target):  # the target decodes with our forward: so does its draft
+        lean_llama.install(draft)
+    return ModelDrafter(draft)
 
 
 def make_drafter(spec: str | None, target, target_spec: str | None = None):
