@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from .data import read_lines
 from .run import load_run
+from .tasks import eval_features
 
 
 def entities(tokens: list[str], tags: list[str], line: str) -> list[dict]:
@@ -70,7 +71,7 @@ class Predictor:
 
         where = where or [f"input[{i}]" for i in range(len(texts))]
         sents = [Sentence(t.split(), ["O"] * len(t.split()), w) for t, w in zip(texts, where, strict=True)]
-        tags = self.task.predict(self.model, self.task.encode(sents), [len(s.tokens) for s in sents])
+        tags = self.task.predict(self.model, eval_features(self.task, sents), [len(s.tokens) for s in sents])
         return [{"tokens": s.tokens, "tags": t, "entities": entities(s.tokens, t, text)}
                 for s, t, text in zip(sents, tags, texts, strict=True)]
 

@@ -87,7 +87,7 @@ def train(cfg: TrainConfig) -> dict:
     from transformers import get_scheduler
 
     from .loading import load_tokenizer, tokenizer_from_folder
-    from .tasks import make_task
+    from .tasks import eval_features, make_task
 
     out = Path(cfg.out)
     ckpt = out / "checkpoint-last"
@@ -137,7 +137,7 @@ def train(cfg: TrainConfig) -> dict:
     train_feats = task.encode(train_rows)
     n_train = len(train_rows)
     del train_rows  # the encoded features are all training needs (raw NER rows: ~100 MB on PD1998)
-    dev_feats = task.encode(dev_rows) if dev_rows else None
+    dev_feats = eval_features(task, dev_rows) if dev_rows else None
     if getattr(task, "truncated", 0):
         say(f"note: {task.truncated} training examples were longer than --max-length {cfg.max_length} and cut")
 
@@ -314,10 +314,11 @@ def evaluate_run(run_dir: Path, data: str | None = None, test_rows=None, name: s
                  json_out: str | None = None) -> dict:
     """Score a saved run on labelled data; writes NAME-report.{json,txt} (and confusion.png)."""
     from .evaluate import format_report, plot_confusion
+    from .tasks import eval_features
 
     _, task, model = load_run(run_dir)
     rows = test_rows if test_rows is not None else task.read(data, "test")
-    report = task.evaluate(model, task.encode(rows), rows)
+    report = task.evaluate(model, eval_features(task, rows), rows)
     run_dir = Path(run_dir)
     write_json_atomic(run_dir / f"{name}-report.json", report)
     (run_dir / f"{name}-report.txt").write_text(format_report(report) + "\n")

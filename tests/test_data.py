@@ -104,6 +104,48 @@ def test_long_sentences_are_windowed_not_truncated(tmp_path, wordpiece):
     assert covered == list(range(len(words)))  # every word once, in order
 
 
+def test_evaluation_windows_overlap_and_each_word_is_read_from_its_most_central_window(tmp_path, wordpiece):
+    """For evaluation and prediction a long sentence's windows overlap by half; each word is owned by
+    exactly one window, the one where it sits farther from a cut, and the prediction is read there."""
+    import torch
+
+    from spectune.tasks import eval_features
+
+    words = ["unbelievably", "the", "paris", "xyz"] * 10
+    tags = ["B-LOC" if w == "paris" else "O" for w in words]
+    f = write(tmp_path, "long.conll", "".join(f"{w} {t}\n" for w, t in zip(words, tags, strict=True)))
+    task = make_task("ner", wordpiece, max_length=16)
+    sents = task.read(f)
+    plain, feats = task.encode(sents), eval_features(task, sents)
+    assert len(feats) > len(plain) and all(len(x["input_ids"]) <= 16 for x in feats)
+    spans = [(x["first"][0][1], x["first"][-1][1] + 1) for x in feats]  # words each window sees
+    assert all(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))  # consecutive windows overlap
+    owned = [w for x in feats for w in range(*x["owned"])]
+    assert owned == list(range(len(words)))  # every word owned once, in order
+
+    def room(w, a, b):  # words between w and the nearest cut of window [a, b) (a sentence end is no cut)
+        return min(w - a if a > 0 else len(words), b - 1 - w if b < len(words) else len(words))
+
+    for x, (a, b) in zip(feats, spans, strict=True):  # an owned word has (within one) the most room here
+        for w in range(*x["owned"]):
+            assert a <= w < b and all(room(w, a, b) >= room(w, c, d) - 1 for c, d in spans if c <= w < d)
+
+    class Gold(torch.nn.Module):  # right where a word is owned, wrong elsewhere
+        def forward(self, input_ids, attention_mask):
+            logits = torch.zeros(*input_ids.shape, len(task.labels))
+            logits[..., task.labels.index("B-LOC")] = 1.0  # wrong for most words...
+            for row, x in enumerate(self.chunk):
+                for pos, w in x["first"]:
+                    if x["owned"][0] <= w < x["owned"][1]:
+                        logits[row, pos] = 0.0
+                        logits[row, pos, task.labels.index(tags[w])] = 2.0
+            return type("Out", (), {"logits": logits})
+
+    model = Gold()
+    model.chunk = feats
+    assert task.predict(model, feats, [len(words)], batch_size=len(feats)) == [tags]
+
+
 def test_unseen_dev_label_is_named(tmp_path, wordpiece):
     task = make_task("ner", wordpiece)
     task.read(write(tmp_path, "train.conll", "Paris B-LOC\nis O\n"))

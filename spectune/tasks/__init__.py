@@ -4,6 +4,8 @@ speculative-decoding draft for a target). Each knows its data, its head, its enc
 A task object is what the training loop, `eval` and `predict` talk to:
   read(path) -> examples; labels_from(examples); encode(examples) -> features;
   collate(features) -> batch; loss(model, batch); evaluate(model, features, examples) -> metrics.
+Features for evaluation and prediction come from `eval_features` (a task may cut long inputs
+differently there: NER's windows overlap).
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ def make_task(name: str, tokenizer, labels: list[str] | None = None, max_length:
     else:
         raise SpectuneError(f"got {name!r}, expected one of: {', '.join(TASKS)}", where="task")
     return cls(tokenizer, labels=labels, max_length=max_length, **options)
+
+
+def eval_features(task, examples) -> list[dict]:
+    """Features to evaluate or predict on: the task's `encode_eval` where it has one, else `encode`."""
+    return getattr(task, "encode_eval", task.encode)(examples)
 
 
 def check_known_labels(found: list[tuple[str, str]], known: list[str], split: str) -> None:

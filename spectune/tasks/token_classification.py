@@ -62,7 +62,12 @@ class TokenClassification:
             attach(model, len(self.labels), self.ngram_features)
         return model
 
-    def encode(self, sents: list[Sentence]) -> list[dict]:
+    def encode(self, sents: list[Sentence], overlap: bool = False) -> list[dict]:
+        """Features of the sentences, a long one cut into windows of the model's length. Training
+        windows follow each other; with `overlap` (evaluation and prediction) each window starts
+        halfway through the previous one and a word is predicted by the window in which it sits
+        farther from an edge: a word next to a cut would otherwise be tagged without the context on
+        one side, and an entity across a cut split in two."""
         lid = {label: i for i, label in enumerate(self.labels)}
         budget = self.max_length - len(self.prefix) - len(self.suffix)
         feats = []
@@ -72,19 +77,33 @@ class TokenClassification:
             for tid, w in zip(enc.input_ids, enc.word_ids(), strict=True):
                 if w is not None:
                     pieces[w].append(tid)
-            window, size = [], 0
-            for w in range(len(s.tokens)):
-                n = len(pieces[w][:budget])
-                if window and size + n > budget:
-                    feats.append(self._feature(si, window, pieces, s.tags, lid, budget))
-                    window, size = [], 0
-                window.append(w)
-                size += n
-            if window:
-                feats.append(self._feature(si, window, pieces, s.tags, lid, budget))
+            sizes = [len(p[:budget]) for p in pieces]
+            windows, start = [], 0
+            while start < len(sizes):
+                end, size = start, 0
+                while end < len(sizes) and (end == start or size + sizes[end] <= budget):
+                    size += sizes[end]
+                    end += 1
+                windows.append([start, end])
+                if end == len(sizes) or not overlap:
+                    start = end
+                    continue
+                half, nxt = 0, start  # the next window starts where this one's first half ends
+                while nxt < end - 1 and half + sizes[nxt] <= size // 2:
+                    half += sizes[nxt]
+                    nxt += 1
+                start = max(nxt, start + 1)
+            for i, (a, b) in enumerate(windows):
+                # Owned words: up to the middle of the overlap with each neighbour.
+                lo = a if i == 0 else (a + windows[i - 1][1]) // 2
+                hi = b if i + 1 == len(windows) else (windows[i + 1][0] + b) // 2
+                feats.append(self._feature(si, range(a, b), pieces, s.tags, lid, budget, range(lo, hi)))
         return feats
 
-    def _feature(self, si, words, pieces, tags, lid, budget) -> dict:
+    def encode_eval(self, sents: list[Sentence]) -> list[dict]:
+        return self.encode(sents, overlap=True)
+
+    def _feature(self, si, words, pieces, tags, lid, budget, owned) -> dict:
         ids, labels, first = list(self.prefix), [IGNORE] * len(self.prefix), []
         for w in words:
             p = pieces[w][:budget]  # one absurdly long word is cut, not the sentence
@@ -95,7 +114,7 @@ class TokenClassification:
             labels += [lid[tags[w]]] + [IGNORE] * (len(p) - 1)
         ids += self.suffix
         labels += [IGNORE] * len(self.suffix)
-        return {"input_ids": ids, "labels": labels, "sent": si, "first": first}
+        return {"input_ids": ids, "labels": labels, "sent": si, "first": first, "owned": (owned.start, owned.stop)}
 
     def collate(self, feats: list[dict]) -> dict:
         ids = pad([f["input_ids"] for f in feats], self.tok.pad_token_id or 0)
@@ -135,13 +154,17 @@ class TokenClassification:
                 crf = find(model, "crf")
                 paths = crf.decode(crf.emissions(em, ids, mask), mask)
                 for r, path in zip(rows, paths, strict=True):
+                    lo, hi = chunk[r]["owned"]
                     for (_, w), tag in zip(chunk[r]["first"], path, strict=True):
-                        out[chunk[r]["sent"]][w] = self.labels[tag]
+                        if lo <= w < hi:
+                            out[chunk[r]["sent"]][w] = self.labels[tag]
                 continue
             pred = logits.argmax(-1)  # (B, T)
             for row, f in enumerate(chunk):
+                lo, hi = f["owned"]
                 for pos, w in f["first"]:
-                    out[f["sent"]][w] = self.labels[int(pred[row, pos])]
+                    if lo <= w < hi:
+                        out[f["sent"]][w] = self.labels[int(pred[row, pos])]
         return out
 
     def evaluate(self, model, feats, sents) -> dict:
