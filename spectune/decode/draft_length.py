@@ -23,17 +23,30 @@ drafts cost only their own rows.
 from __future__ import annotations
 
 
-class AdaptiveK:
-    """Draft length that grows while drafts are accepted and shrinks when they are not; after
-    repeated misses at k=1 drafting pauses, so a poor drafter costs almost nothing."""
+class AcceptanceEstimate:
+    """A running (decayed) estimate of a row's per-token draft acceptance; prior 0.5 until drafts are
+    seen. Both policies keep one: CostAwareK to choose k, and the batch to choose its width."""
 
-    def __init__(self, k: int = 4, k_max: int = 12, decay: float = 0.9):
-        self.k, self.k_max, self.misses, self.pause, self.pause_len = k, k_max, 0, 0, 8
-        self.decay, self.hits, self.trials = decay, 1.0, 2.0  # acceptance estimate, for pass_width
+    def __init__(self, decay: float = 0.9):
+        self.decay, self.hits, self.trials = decay, 1.0, 2.0
 
     @property
     def acceptance(self) -> float:
         return self.hits / self.trials
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        # Drafts are tried in order until the first rejection: `accepted` passes and at most one failure.
+        self.hits = self.decay * self.hits + accepted
+        self.trials = self.decay * self.trials + accepted + (accepted < drafted)
+
+
+class AdaptiveK(AcceptanceEstimate):
+    """Draft length that grows while drafts are accepted and shrinks when they are not; after
+    repeated misses at k=1 drafting pauses, so a poor drafter costs almost nothing."""
+
+    def __init__(self, k: int = 4, k_max: int = 12, decay: float = 0.9):
+        super().__init__(decay)
+        self.k, self.k_max, self.misses, self.pause, self.pause_len = k, k_max, 0, 0, 8
 
     def next(self) -> int:
         if self.pause:
@@ -44,8 +57,7 @@ class AdaptiveK:
     def update(self, drafted: int, accepted: int) -> None:
         if drafted == 0:
             return
-        self.hits = self.decay * self.hits + accepted
-        self.trials = self.decay * self.trials + accepted + (accepted < drafted)
+        self.observe(drafted, accepted)
         if accepted:
             self.pause_len = 8
         if accepted == drafted:
@@ -59,26 +71,19 @@ class AdaptiveK:
                 self.pause_len = min(2 * self.pause_len, 64)
 
 
-class CostAwareK:
+class CostAwareK(AcceptanceEstimate):
     """Draft length for drafters that cost time per token: see the module's docstring."""
 
     def __init__(self, cost: float, extra: float = 0.05, k_max: int = 8, decay: float = 0.9):
-        self.k_max, self.decay = k_max, decay
-        self.hits, self.trials = 1.0, 2.0  # prior: acceptance 0.5 until drafts are seen
+        super().__init__(decay)
+        self.k_max = k_max
         self.extra = extra  # verification cost per extra position, relative to a one-token pass
         self.c = cost  # draft cost per token, relative to a one-token target pass
         self.pause, self.pause_len, self.probe = 0, 4, False
 
-    @property
-    def acceptance(self) -> float:
-        return self.hits / self.trials
-
     def update(self, drafted: int, accepted: int) -> None:
-        if drafted == 0:
-            return
-        # Drafts are tried in order until the first rejection: `accepted` passes and at most one failure.
-        self.hits = self.decay * self.hits + accepted
-        self.trials = self.decay * self.trials + accepted + (accepted < drafted)
+        if drafted:
+            self.observe(drafted, accepted)
 
     def next(self) -> int:
         if self.pause:
@@ -87,10 +92,9 @@ class CostAwareK:
         if self.probe:  # after a pause, one draft token to see whether acceptance came back
             self.probe = False
             return 1
-        a = min(self.acceptance, 0.999)
         best_k, best = 0, 1.0  # plain decoding: one token per one pass
         for k in range(1, self.k_max + 1):
-            value = (1 - a ** (k + 1)) / (1 - a) / (1 + self.extra * k + self.c * k)
+            value = expected_tokens(self.acceptance, k) / (1 + self.extra * k + self.c * k)
             if value > best * 1.02:  # a gain worth the risk of a noisy estimate
                 best_k, best = k, value
         if best_k == 0:  # drafting would not pay now: decode plainly a while, then probe with one token
