@@ -105,3 +105,13 @@ def weight_bytes(model: torch.nn.Module) -> int:
         elif isinstance(m, Int8Linear):
             total += m.weight_int8.numel() + m.scale.numel() * m.scale.element_size()
     return total
+
+
+def weight_width(model: torch.nn.Module) -> float:
+    """Bytes per weight of the model's linear layers (1 for int8 weight-only layers)."""
+    for m in model.modules():
+        if isinstance(m, Int8Linear):
+            return 1.0
+        if isinstance(m, torch.nn.Linear):
+            return float(m.weight.element_size())
+    return 4.0

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..quantize import weight_bytes, weight_width
 from . import lean_llama, ragged_cache
 from .draft_length import AdaptiveK, CostAwareK, pass_width, row_cost
 from .lean_llama import STEP_ROWS  # passes of fewer rows are our kernels' steps; longer ones MKL's, whose bits differ
@@ -192,8 +193,6 @@ class Batch:
         self.model, self.drafter, self.k, self.adaptive, self.pad_id = model, drafter, k, adaptive, pad_id
         self.draft_cost = None  # a draft model's cost per token, relative to a target pass (by bytes read)
         if getattr(drafter, "costly", False):
-            from ..quantize import weight_bytes
-
             self.draft_cost = weight_bytes(drafter.model) / max(weight_bytes(model), 1)
         # A drafter that reads the target's features (a draft head) is handed those of every position kept.
         self.hidden = getattr(drafter, "observes", False)
@@ -319,18 +318,6 @@ class Batch:
         # Columns no row attends to (rejected drafts, a departed row's long prompt) still cost attention.
         if self.mask.shape[1] > 32 and ragged_cache.holes(self.mask) > 0.25:
             self.cache, self.mask = ragged_cache.compact(self.cache, self.mask)
-
-
-def weight_width(model) -> float:
-    """Bytes per weight of the model's linear layers (1 for int8 weight-only layers)."""
-    from ..quantize import Int8Linear
-
-    for m in model.modules():
-        if isinstance(m, Int8Linear):
-            return 1.0
-        if isinstance(m, torch.nn.Linear):
-            return float(m.weight.element_size())
-    return 4.0
 
 
 def decode(model, prompt: list[int], *, sampling: Sampling = GREEDY, max_new_tokens: int = 128,
