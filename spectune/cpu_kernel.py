@@ -107,6 +107,7 @@ def library() -> ctypes.CDLL | None:
                                   ptrs, ptrs, ctypes.POINTER(ctypes.c_int), num, ptr, ptr, ptr, ctypes.c_float,
                                   ptr, num, num]
     lib.decode_layers.restype = None
+    lib.bf16_pairs.restype = ctypes.c_int
     _LIB = lib
     return lib
 
@@ -136,6 +137,12 @@ _AMX: bool | None = None
 
 def available() -> bool:
     return library() is not None
+
+
+def bf16_pairs() -> bool:
+    """Whether the kernels multiply bf16 and int8 weights with activations rounded to bf16 (a CPU with
+    AVX512_BF16: 32 pairs per instruction, see linear.c) rather than with fp32 activations."""
+    return available() and bool(_LIB.bf16_pairs())
 
 
 KINDS = {torch.int8: 0, torch.float32: 1, torch.bfloat16: 2}  # the C file's INT8, FP32, BF16

@@ -193,6 +193,8 @@ def test_batch_width_is_chosen_for_the_whole_pass():
     assert pass_width([0, 3, 5, 0], [0.1] * 4, fp32, fixed=[False, False, True, False]) == 5
     # narrower weights make each extra row dearer (the products stop hiding behind weight reads)
     assert row_cost(4) < row_cost(2) < row_cost(1)
+    # bf16 pairs (AVX512_BF16) make extra rows cheaper: bf16 costs what fp32 does per row
+    assert row_cost(2, bf16_pairs=True) == row_cost(4) < row_cost(1, bf16_pairs=True) < row_cost(1)
 
 
 def test_one_rows_drafts_cost_only_their_own_rows_on_our_forward(target, alone):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import cpu_kernel
 from ..quantize import weight_bytes, weight_width
 from . import lean_llama, ragged_cache
 from .draft_length import AdaptiveK, CostAwareK, pass_width, row_cost
@@ -196,8 +197,9 @@ class Batch:
             self.draft_cost = weight_bytes(drafter.model) / max(weight_bytes(model), 1)
         # A drafter that reads the target's features (a draft head) is handed those of every position kept.
         self.hidden = getattr(drafter, "observes", False)
-        self.alpha = row_cost(weight_width(model))  # cost of one more row in a pass, see draft_length.py
         self.ragged = lean_llama.installed(model)  # a pass computes only the positions fed, not the padding
+        width = weight_width(model)  # the cost of one more row in a pass, see draft_length.py
+        self.alpha = row_cost(width, bf16_pairs=self.ragged and width < 4 and cpu_kernel.bf16_pairs())
         self.rows: list[Request] = []
         self.cache = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)  # (B, S): which cache columns each row sees
