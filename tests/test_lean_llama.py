@@ -321,3 +321,37 @@ def test_a_short_first_pass_into_an_empty_cache_is_one_step_call_too(monkeypatch
             torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
     assert len(calls) == 2
     torch.testing.assert_close(caches[1].layers[0].keys, caches[0].layers[0].keys, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
+def test_a_row_in_a_left_padded_batch_gets_the_logits_it_gets_alone_bit_for_bit(weights, monkeypatch):
+    """A short row beside a long one sits behind 38 padding columns (not a multiple of attention's
+    16-column blocks) and, once a row finishes, in a narrowed batch: every step's logits must be the
+    bits it gets alone, or bf16 and int8 products (which round activations to bf16) amplify a last-bit
+    difference into another token. Head dim 32, so attention's 16-key blocks and its tail both run."""
+    from spectune.decode import engine
+
+    def model():
+        m = tiny.tiny_llama(seed=3, sharpen=1.0, hidden_size=64, intermediate_size=128, num_attention_heads=2,
+                            num_key_value_heads=1, tie_word_embeddings=False)
+        m = quantize_int8(m) if weights == "int8" else m.to(torch.bfloat16) if weights == "bf16" else m
+        assert lean_llama.install(m)
+        return m
+
+    target = model()
+    seen = {}
+    real = engine.Request._pick
+    monkeypatch.setattr(engine.Request, "_pick", lambda self, logits, *a: seen.setdefault(
+        tuple(self.prompt), []).append(logits[0].clone()) or real(self, logits, *a))
+    short, long = [(3 * i) % 200 + 5 for i in range(7)], [(11 * i) % 300 + 5 for i in range(45)]
+    alone = {}
+    for p, n in ((short, 20), (long, 6)):
+        list(engine.decode_batch(target, [engine.Request(p, max_new_tokens=n)]))
+        alone[tuple(p)] = seen.pop(tuple(p))
+    together = [engine.Request(short, max_new_tokens=20), engine.Request(long, max_new_tokens=6)]
+    list(engine.decode_batch(target, together))
+    for p in (short, long):
+        assert len(seen[tuple(p)]) == len(alone[tuple(p)])
+        for step, (a, b) in enumerate(zip(alone[tuple(p)], seen[tuple(p)], strict=True)):
+            assert torch.equal(a, b), (len(p), step)

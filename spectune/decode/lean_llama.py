@@ -9,7 +9,8 @@ weight, nothing is stored twice), RoPE on q and k at once, the mask built once p
 cache appended in place (`_append`). Decoding steps (passes of fewer than 32 rows) go further: all
 the layers are one call into our C kernel (kernels/step.c: norms, products, RoPE, the cache append,
 attention, SiLU gate and residual adds; `_step`), for fp32, bf16 and int8 weights, with fp32
-activations (rounded to bf16 for bf16 and int8 weights' products where the CPU has AVX512_BF16), after Python has made room in the cache buffers (`_room`); the output layer of a float
+activations (rounded to bf16 for bf16 and int8 weights' products where the CPU has AVX512_BF16),
+after Python has made room in the cache buffers (`_room`); the output layer of a float
 model goes through the kernel too. With the products already in C, the Python and small tensor
 operations around them had cost 8-11 ms of a SmolLM2-135M step (fp32 38 -> 27 ms, bf16 26 -> 16,
 int8 16 -> 9 with one call). Prompts (32 rows or more) stay with MKL's matrix products and SDPA,

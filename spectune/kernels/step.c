@@ -132,24 +132,41 @@ static inline __m512 exp16(__m512 x) {
 }
 #endif
 
-/* scores[0..n) = exp(scores - top) in place; returns their sum. Blocks of 16 from column 0, then a
- * scalar tail: the same operations for a column whatever the pass (they depend on n alone). */
+#ifdef __AVX512F__
+/* q . key for one key, bit for bit what dot16 gives that key in its lane (the same FMAs, then
+ * sum16's tree over the lanes: other vectors' lanes never mix with this one's), so a column's score
+ * does not depend on whether it falls in a block of 16 or the tail. */
+static inline float dot1(const float *q, const float *key, int d) {
+    __m512 acc[16];
+    acc[0] = _mm512_setzero_ps();
+    for (int j = 1; j < 16; j++) acc[j] = acc[0];
+    for (int i = 0; i < d; i += 16) acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(key + i), acc[0]);
+    return _mm512_cvtss_f32(sum16(acc));
+}
+#endif
+
+/* scores[0..n) = exp(scores - top) in place; returns their sum. Every column the same way whatever
+ * its place: exp16 over blocks of 16 and a masked block for the tail, and the sum taken column by
+ * column in order. A masked column adds an exact zero, so a row's sum is the same bits with left
+ * padding or holes (rejected drafts of a batch) as alone, where its cache has neither: the blocks'
+ * lane sums would group columns by their absolute position. */
 static inline float exp_sum(float *scores, int n, float top) {
     int c = 0;
     float sum = 0.0f;
 #ifdef __AVX512F__
-    __m512 acc = _mm512_setzero_ps(), t = _mm512_set1_ps(top);
-    for (; c + 16 <= n; c += 16) {
-        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(scores + c), t));
-        _mm512_storeu_ps(scores + c, e);
-        acc = _mm512_add_ps(acc, e);
+    __m512 t = _mm512_set1_ps(top);
+    for (; c < n; c += 16) {
+        __mmask16 k = n - c >= 16 ? 0xffff : (__mmask16)((1u << (n - c)) - 1);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, scores + c), t));
+        _mm512_mask_storeu_ps(scores + c, k, e);
     }
-    sum = _mm512_reduce_add_ps(acc);
-#endif
+    for (c = 0; c < n; c++) sum += scores[c];
+#else
     for (; c < n; c++) {
         scores[c] = scores[c] == -INFINITY ? 0.0f : expf(scores[c] - top);
         sum += scores[c];
     }
+#endif
     return sum;
 }
 
@@ -173,8 +190,8 @@ static void attend(const float *q, const float *kbuf, const float *vbuf, const u
             float top = -INFINITY;
             int c = 0;
 #ifdef __AVX512F__
-            /* Blocks of 16 columns from column 0, then one at a time: which way a column's score is
-             * summed depends on `last` alone, the same in a one-token step and a verification pass. */
+            /* Blocks of 16 columns from column 0, then one at a time (dot1: the same bits as in a
+             * block), so a column's score depends on neither `last` nor the padding before it. */
             if (d % 16 == 0) {
                 __m512 s = _mm512_set1_ps(scale), best = _mm512_set1_ps(-INFINITY);
                 for (; c + 16 <= last + 1; c += 16) {
@@ -186,7 +203,11 @@ static void attend(const float *q, const float *kbuf, const float *vbuf, const u
             }
 #endif
             for (; c <= last; c++) {
+#ifdef __AVX512F__
+                scores[c] = (d % 16 == 0 ? dot1(qv, keys + (size_t)c * d, d) : dot(qv, keys + (size_t)c * d, d)) * scale;
+#else
                 scores[c] = dot(qv, keys + (size_t)c * d, d) * scale;
+#endif
                 if (scores[c] > top) top = scores[c];
             }
             if (seen) {  /* masked columns (never its own) count for nothing; the maximum among the rest */
