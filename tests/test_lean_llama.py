@@ -286,10 +286,10 @@ def test_int8_prompts_on_bf16_matrix_units_stay_close_and_speculation_stays_exac
     lean_llama.install(model)
     prompt = [(11 * i) % 150 + 1 for i in range(40)]  # 40 rows: a prompt pass, not a step
     logits = {}
-    for amx in (False, True):
-        monkeypatch.setattr(cpu_kernel, "_AMX", amx)
+    for bf16 in (False, True):
+        monkeypatch.setattr(cpu_kernel, "_BF16_MATMUL", bf16)
         with torch.no_grad():
-            logits[amx] = model(torch.tensor([prompt]), cache=DynamicCache(config=model.config)).logits
+            logits[bf16] = model(torch.tensor([prompt]), cache=DynamicCache(config=model.config)).logits
     torch.testing.assert_close(logits[True], logits[False], atol=0.05 * logits[False].abs().max().item(), rtol=0)
     plain = [t for c in decode(model, prompt, max_new_tokens=24) for t in c]
     assert [t for c in decode(model, prompt, max_new_tokens=24, drafter=LookupDrafter()) for t in c] == plain
