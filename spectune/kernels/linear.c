@@ -153,49 +153,14 @@ INLINE void tile(const float *x, size_t ldx, int xr, const void *w, size_t ldw, 
 
 /* A tile with its shape as constants where it is a common one, so the compiler unrolls the loops
  * and keeps the accumulators in registers (the operations per pair are the same either way). */
+#define SHAPE(fn, W, X) else if (wr == W && xr == X) fn(x, ldx, X, w, ldw, W, n, out, fp)
 INLINE void tile_fixed(const float *x, size_t ldx, int xr, const void *w, size_t ldw, int wr, int n,
                        float out[4][8], int fp) {
-    if (wr == 4 && xr == 1) tile(x, ldx, 1, w, ldw, 4, n, out, fp);
-    else if (wr == 4 && xr == 2) tile(x, ldx, 2, w, ldw, 4, n, out, fp);
-    else if (wr == 4 && xr == 3) tile(x, ldx, 3, w, ldw, 4, n, out, fp);
-    else if (wr == 4 && xr == 4) tile(x, ldx, 4, w, ldw, 4, n, out, fp);
-    else if (wr == 2 && xr == 8) tile(x, ldx, 8, w, ldw, 2, n, out, fp);
-    else if (wr == 2 && xr == 7) tile(x, ldx, 7, w, ldw, 2, n, out, fp);
-    else if (wr == 2 && xr == 6) tile(x, ldx, 6, w, ldw, 2, n, out, fp);
-    else if (wr == 2 && xr == 5) tile(x, ldx, 5, w, ldw, 2, n, out, fp);
-    else if (wr == 2 && xr == 4) tile(x, ldx, 4, w, ldw, 2, n, out, fp);
-    else if (wr == 2 && xr == 3) tile(x, ldx, 3, w, ldw, 2, n, out, fp);
-    else if (wr == 2 && xr == 2) tile(x, ldx, 2, w, ldw, 2, n, out, fp);
-    else if (wr == 2 && xr == 1) tile(x, ldx, 1, w, ldw, 2, n, out, fp);
+    if (0) {}
+    SHAPE(tile, 4, 1); SHAPE(tile, 4, 2); SHAPE(tile, 4, 3); SHAPE(tile, 4, 4);
+    SHAPE(tile, 2, 8); SHAPE(tile, 2, 7); SHAPE(tile, 2, 6); SHAPE(tile, 2, 5);
+    SHAPE(tile, 2, 4); SHAPE(tile, 2, 3); SHAPE(tile, 2, 2); SHAPE(tile, 2, 1);
     else tile(x, ldx, xr, w, ldw, wr, n, out, fp);
-}
-
-/* y = x @ (scale * W).T, or with `accumulate` y += that (a residual add in the same pass over y).
- * Up to 4 rows of x: tiles of 4 weight rows x those rows; more: tiles of 2 weight rows x 8 rows of
- * x (16 accumulators either way), so a weight chunk is widened once per 8 rows. */
-INLINE void product(const float *x, const void *w, const float *scale, float *y, int m, int in, int out,
-                    int accumulate, int threads, int fp) {
-    size_t es = fp == FP32 ? 4 : fp == BF16 ? 2 : 1;
-    int xt = m <= 4 ? 4 : 8, wt = m <= 4 ? 4 : 2;
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int ob = 0; ob < (out + OUT_BLOCK - 1) / OUT_BLOCK; ob++) {
-        int o_end = (ob + 1) * OUT_BLOCK < out ? (ob + 1) * OUT_BLOCK : out;
-        float d[4][8];
-        for (int r0 = 0; r0 < m; r0 += xt) {
-            int xr = m - r0 < xt ? m - r0 : xt;
-            for (int o = ob * OUT_BLOCK; o < o_end; o += wt) {
-                int wr = o_end - o < wt ? o_end - o : wt;
-                tile_fixed(x + (size_t)r0 * in, (size_t)in, xr, (const char *)w + (size_t)o * in * es, (size_t)in,
-                           wr, in, d, fp);
-                for (int r = 0; r < wr; r++)
-                    for (int j = 0; j < xr; j++) {
-                        float v = scale ? d[r][j] * scale[o + r] : d[r][j];
-                        size_t at = (size_t)(r0 + j) * out + o + r;
-                        y[at] = accumulate ? y[at] + v : v;
-                    }
-            }
-        }
-    }
 }
 
 #ifdef __AVX512BF16__
@@ -261,15 +226,56 @@ INLINE void tile_pairs(const uint16_t *x, size_t ldx, int xr, const void *w, siz
 
 INLINE void tile_pairs_fixed(const uint16_t *x, size_t ldx, int xr, const void *w, size_t ldw, int wr, int n,
                              float out[4][8], int fp) {
-    if (wr == 4 && xr == 1) tile_pairs(x, ldx, 1, w, ldw, 4, n, out, fp);
-    else if (wr == 4 && xr == 2) tile_pairs(x, ldx, 2, w, ldw, 4, n, out, fp);
-    else if (wr == 4 && xr == 3) tile_pairs(x, ldx, 3, w, ldw, 4, n, out, fp);
-    else if (wr == 4 && xr == 4) tile_pairs(x, ldx, 4, w, ldw, 4, n, out, fp);
-    else if (wr == 4 && xr == 5) tile_pairs(x, ldx, 5, w, ldw, 4, n, out, fp);
-    else if (wr == 4 && xr == 6) tile_pairs(x, ldx, 6, w, ldw, 4, n, out, fp);
+    if (0) {}
+    SHAPE(tile_pairs, 4, 1); SHAPE(tile_pairs, 4, 2); SHAPE(tile_pairs, 4, 3);
+    SHAPE(tile_pairs, 4, 4); SHAPE(tile_pairs, 4, 5); SHAPE(tile_pairs, 4, 6);
     else tile_pairs(x, ldx, xr, w, ldw, wr, n, out, fp);
 }
 
+#endif
+
+/* The tiles of y = x @ (scale * W).T (or y += that with `accumulate`, a residual add in the same pass
+ * over y): OpenMP over blocks of OUT_BLOCK outputs, in each, x's rows in groups of xt against weight
+ * rows in groups of wt. With `xb` (x rounded to bf16, AVX512_BF16) the tiles multiply in pairs. */
+INLINE void tiles(const float *x, const uint16_t *xb, const void *w, const float *scale, float *y, int m, int in,
+                  int out, int accumulate, int threads, int fp, int xt, int wt) {
+    size_t es = fp == FP32 ? 4 : fp == BF16 ? 2 : 1;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int ob = 0; ob < (out + OUT_BLOCK - 1) / OUT_BLOCK; ob++) {
+        int o_end = (ob + 1) * OUT_BLOCK < out ? (ob + 1) * OUT_BLOCK : out;
+        float d[4][8];
+        for (int r0 = 0; r0 < m; r0 += xt) {
+            int xr = m - r0 < xt ? m - r0 : xt;
+            for (int o = ob * OUT_BLOCK; o < o_end; o += wt) {
+                int wr = o_end - o < wt ? o_end - o : wt;
+                const char *wo = (const char *)w + (size_t)o * in * es;
+#ifdef __AVX512BF16__
+                if (xb)
+                    tile_pairs_fixed(xb + (size_t)r0 * in, (size_t)in, xr, wo, (size_t)in, wr, in, d, fp);
+                else
+#endif
+                    tile_fixed(x + (size_t)r0 * in, (size_t)in, xr, wo, (size_t)in, wr, in, d, fp);
+                for (int r = 0; r < wr; r++)
+                    for (int j = 0; j < xr; j++) {
+                        float v = scale ? d[r][j] * scale[o + r] : d[r][j];
+                        size_t at = (size_t)(r0 + j) * out + o + r;
+                        y[at] = accumulate ? y[at] + v : v;
+                    }
+            }
+        }
+    }
+}
+
+/* Weights widened to fp32, x in fp32. Up to 4 rows of x: tiles of 4 weight rows x those rows; more:
+ * tiles of 2 weight rows x 8 rows of x (16 accumulators either way), so a weight chunk is widened
+ * once per 8 rows. */
+INLINE void product(const float *x, const void *w, const float *scale, float *y, int m, int in, int out,
+                    int accumulate, int threads, int fp) {
+    tiles(x, NULL, w, scale, y, m, in, out, accumulate, threads, fp, m <= 4 ? 4 : 8, m <= 4 ? 4 : 2);
+}
+
+#ifdef __AVX512BF16__
+/* bf16 or int8 weights in pairs with x rounded to bf16: tiles of 4 weight rows x XT_PAIRS rows of x. */
 INLINE void product_pairs(const float *x, const void *w, const float *scale, float *y, int m, int in, int out,
                           int accumulate, int threads, int fp) {
     size_t need = (size_t)m * in;
@@ -282,33 +288,12 @@ INLINE void product_pairs(const float *x, const void *w, const float *scale, flo
         product(x, w, scale, y, m, in, out, accumulate, threads, fp);
         return;
     }
-    uint16_t *xb = xb_buf;
     for (size_t i = 0; i < need; i += 16) {  /* round to nearest even, 16 at a time */
         __mmask16 k = need - i >= 16 ? 0xffff : (__mmask16)((1u << (need - i)) - 1);
         __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k, x + i));
-        _mm256_mask_storeu_epi16(xb + i, k, (__m256i)h);
+        _mm256_mask_storeu_epi16(xb_buf + i, k, (__m256i)h);
     }
-    int xt = XT_PAIRS, wt = 4;
-    size_t es = fp == BF16 ? 2 : 1;
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int ob = 0; ob < (out + OUT_BLOCK - 1) / OUT_BLOCK; ob++) {
-        int o_end = (ob + 1) * OUT_BLOCK < out ? (ob + 1) * OUT_BLOCK : out;
-        float d[4][8];
-        for (int r0 = 0; r0 < m; r0 += xt) {
-            int xr = m - r0 < xt ? m - r0 : xt;
-            for (int o = ob * OUT_BLOCK; o < o_end; o += wt) {
-                int wr = o_end - o < wt ? o_end - o : wt;
-                tile_pairs_fixed(xb + (size_t)r0 * in, (size_t)in, xr, (const char *)w + (size_t)o * in * es,
-                                 (size_t)in, wr, in, d, fp);
-                for (int r = 0; r < wr; r++)
-                    for (int j = 0; j < xr; j++) {
-                        float v = scale ? d[r][j] * scale[o + r] : d[r][j];
-                        size_t at = (size_t)(r0 + j) * out + o + r;
-                        y[at] = accumulate ? y[at] + v : v;
-                    }
-            }
-        }
-    }
+    tiles(x, xb_buf, w, scale, y, m, in, out, accumulate, threads, fp, XT_PAIRS, 4);
 }
 #endif
 
@@ -321,22 +306,20 @@ int bf16_pairs(void) {
 #endif
 }
 
-/* The product for a weight kind known only at run time: each branch is `product` compiled for one
+#ifdef __AVX512BF16__
+#define NARROW product_pairs  /* bf16 and int8 weights: in pairs */
+#else
+#define NARROW product
+#endif
+
+/* The product for a weight kind known only at run time: each branch is a product compiled for one
  * kind. `scale` is read for INT8 only. */
 void product_of_kind(int kind, const float *x, const void *w, const float *scale, float *y, int m, int in,
                      int out, int accumulate, int threads) {
     if (kind == INT8)
-#ifdef __AVX512BF16__
-        product_pairs(x, w, scale, y, m, in, out, accumulate, threads, INT8);
-#else
-        product(x, w, scale, y, m, in, out, accumulate, threads, INT8);
-#endif
+        NARROW(x, w, scale, y, m, in, out, accumulate, threads, INT8);
     else if (kind == BF16)
-#ifdef __AVX512BF16__
-        product_pairs(x, w, NULL, y, m, in, out, accumulate, threads, BF16);
-#else
-        product(x, w, NULL, y, m, in, out, accumulate, threads, BF16);
-#endif
+        NARROW(x, w, NULL, y, m, in, out, accumulate, threads, BF16);
     else
         product(x, w, NULL, y, m, in, out, accumulate, threads, FP32);
 }
