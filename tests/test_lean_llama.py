@@ -355,3 +355,30 @@ def test_a_row_in_a_left_padded_batch_gets_the_logits_it_gets_alone_bit_for_bit(
         assert len(seen[tuple(p)]) == len(alone[tuple(p)])
         for step, (a, b) in enumerate(zip(alone[tuple(p)], seen[tuple(p)], strict=True)):
             assert torch.equal(a, b), (len(p), step)
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler")
+def test_on_an_avx512_cpu_without_bf16_pairs_products_widen_the_weights_and_stay_exact(monkeypatch, tmp_path):
+    """The kernels built as for an AVX-512 CPU without AVX512_BF16 (Skylake-X, Ice Lake): bf16 and int8
+    weights multiply fp32 activations, and speculation in a ragged batch still equals plain decoding."""
+    monkeypatch.setenv("SPECTUNE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_kernel, "FLAGS", [*cpu_kernel.FLAGS, "-mno-avx512bf16"])
+    monkeypatch.setattr(cpu_kernel, "_LIB", None)
+    monkeypatch.setattr(cpu_kernel, "_FAILED", None)
+    assert cpu_kernel.available() and not cpu_kernel.bf16_pairs()
+    torch.manual_seed(2)
+    x = torch.randn(9, 72)
+    w = torch.randn(37, 72).to(torch.bfloat16)
+    torch.testing.assert_close(cpu_kernel.linear(x, w), x @ w.float().T, atol=1e-4, rtol=1e-4)  # x not rounded
+    assert torch.equal(cpu_kernel.linear(x[:2], w), cpu_kernel.linear(x, w)[:2])
+    model = quantize_int8(sharp_llama())
+    assert lean_llama.install(model)
+    from spectune.decode.engine import Request
+
+    requests = [Request(p, max_new_tokens=16) for p in PROMPTS]
+    out = {id(r): [] for r in requests}
+    for events in decode_batch(model, requests, drafter=LookupDrafter()):
+        for r, tokens in events:
+            out[id(r)] += tokens
+    assert [out[id(r)] for r in requests] == [[t for c in decode(model, p, max_new_tokens=16) for t in c]
+                                              for p in PROMPTS]
