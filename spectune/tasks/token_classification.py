@@ -152,19 +152,16 @@ class TokenClassification:
                 em, _, mask, ids = words(logits, b["labels"], b["input_ids"])  # labelled = the `first` ones
                 rows = [r for r, f in enumerate(chunk) if f["first"]]
                 crf = find(model, "crf")
-                paths = crf.decode(crf.emissions(em, ids, mask), mask)
-                for r, path in zip(rows, paths, strict=True):
-                    lo, hi = chunk[r]["owned"]
-                    for (_, w), tag in zip(chunk[r]["first"], path, strict=True):
-                        if lo <= w < hi:
-                            out[chunk[r]["sent"]][w] = self.labels[tag]
-                continue
-            pred = logits.argmax(-1)  # (B, T)
-            for row, f in enumerate(chunk):
-                lo, hi = f["owned"]
-                for pos, w in f["first"]:
+                paths = dict(zip(rows, crf.decode(crf.emissions(em, ids, mask), mask), strict=True))
+                tags = [paths.get(r, []) for r in range(len(chunk))]  # (B, words) tag ids
+            else:
+                pred = logits.argmax(-1)  # (B, T)
+                tags = [[int(pred[r, pos]) for pos, _ in f["first"]] for r, f in enumerate(chunk)]
+            for f, row in zip(chunk, tags, strict=True):
+                lo, hi = f["owned"]  # overlapping windows: each word from the window that owns it
+                for (_, w), tag in zip(f["first"], row, strict=True):
                     if lo <= w < hi:
-                        out[f["sent"]][w] = self.labels[int(pred[row, pos])]
+                        out[f["sent"]][w] = self.labels[tag]
         return out
 
     def evaluate(self, model, feats, sents) -> dict:
