@@ -109,9 +109,10 @@ def row_cost(bytes_per_weight: float, bf16_pairs: bool = False) -> float:
     a fit to the measurements above (fp32 0.085, bf16 0.135, int8 0.215): the narrower the weights,
     the sooner the products stop being bound by reading them. With `bf16_pairs` (AVX512_BF16:
     cpu_kernel.bf16_pairs, linear.c) bf16 and int8 weights multiply activations rounded to bf16, twice
-    the products per instruction: measured in one run (20 positions, 28), bf16 2.40x / 3.07x a
-    one-position pass (widening: 3.32x / 4.62x), int8 3.82x / 5.00x (5.90x / 7.57x), fp32 2.87x /
-    3.94x: bf16 then costs what fp32 does per row, int8 about 0.145."""
+    the products per instruction: measured (20 positions, 28; one run per dtype, the widening and
+    pair builds interleaved in it) bf16 2.40x / 3.07x a one-position pass (widening: 3.32x / 4.62x),
+    int8 3.82x / 5.00x (5.90x / 7.57x), fp32 2.87x / 3.94x (its own run of the same script): bf16
+    then costs what fp32 does per row, int8 about 0.145."""
     if bf16_pairs and bytes_per_weight == 2:
         return row_cost(4)
     if bf16_pairs and bytes_per_weight == 1:
