@@ -29,8 +29,10 @@ def char_features(tokens: list[str], i: int) -> dict[str, float | str]:
 
 
 def crf_ner(train: list[Sentence], dev: list[Sentence], test: list[Sentence], c1: float = 0.05,
-            c2: float = 0.05, max_iterations: int = 150) -> dict:
-    """Train a CRF on train, report it on dev and test (entity and token reports)."""
+            c2: float = 0.05, max_iterations: int = 150, extra=None) -> dict:
+    """Train a CRF on train, report it on dev and test (entity and token reports, and the test
+    predictions). `extra(tokens) -> [dict per token]`: more features beside the character window's
+    (bench/ner_lexicon.py's place-name matches)."""
     try:
         import sklearn_crfsuite
     except ImportError:
@@ -38,16 +40,21 @@ def crf_ner(train: list[Sentence], dev: list[Sentence], test: list[Sentence], c1
     from .evaluate import ner_report
 
     def feats(sents):
-        return [[char_features(s.tokens, i) for i in range(len(s.tokens))] for s in sents]
+        out = []
+        for s in sents:
+            more = extra(s.tokens) if extra else [{}] * len(s.tokens)
+            out.append([{**char_features(s.tokens, i), **more[i]} for i in range(len(s.tokens))])
+        return out
 
     t0 = time.perf_counter()
     crf = sklearn_crfsuite.CRF(algorithm="lbfgs", c1=c1, c2=c2, max_iterations=max_iterations,
                                all_possible_transitions=True)
     crf.fit(feats(train), [s.tags for s in train])
     seconds = time.perf_counter() - t0
+    predicted = crf.predict(feats(test))
     return {"train_seconds": round(seconds, 1),
             "dev": ner_report([s.tags for s in dev], crf.predict(feats(dev))),
-            "test": ner_report([s.tags for s in test], crf.predict(feats(test)))}
+            "test": ner_report([s.tags for s in test], predicted), "test_tags": predicted}
 
 
 def tfidf_classifier(train: list[LabelledText], dev: list[LabelledText], test: list[LabelledText],
