@@ -7,7 +7,8 @@ goal means little above what the labels allow, so 100 test reviews, drawn with a
 read and judged by one reader (a developer reading Chinese; bench/sentiment-label-audit.jsonl):
 `agrees` (the label says what the text says), `contradicts` (the text says the opposite), or
 `unclear` (mixed, neutral, or no review at all). This script draws the same sample, checks that
-the file judges exactly those texts, and prints the tally with TF-IDF's accuracy on each group.
+the file judges exactly those texts, and prints the tally with the TF-IDF baseline's accuracy on
+each group (trained as bench/quality.py trains it).
 Usage: python bench/label_audit.py [--write-template]
 """
 
@@ -46,16 +47,13 @@ def main() -> int:
     rows = [json.loads(line) for line in AUDIT.read_text().splitlines()]
     if [(r["test_row"], r["text"], r["label"]) for r in rows] != [(i, t.text, t.label) for i, t in drawn]:
         sys.exit(f"{AUDIT}: does not judge this sample of {DATA / 'test.csv'} (the split changed?)")
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
+    from spectune.baselines import tfidf_classifier
     from spectune.data.tabular import read_labelled
 
-    train = read_labelled(DATA / "train.csv")  # the baseline's features; C=3, its usual pick on dev
-    vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
-    clf = LogisticRegression(C=3.0, max_iter=2000).fit(vec.fit_transform([t.text for t in train]),
-                                                       [t.label for t in train])
-    pred = clf.predict(vec.transform([r["text"] for r in rows]))
+    # The baseline exactly as bench/quality.py runs it (C chosen on dev), its predictions per test row.
+    train, dev, test = (read_labelled(DATA / f"{s}.csv") for s in ("train", "dev", "test"))
+    baseline = tfidf_classifier(train, dev, test)
+    pred = [baseline["test_labels"][r["test_row"]] for r in rows]
     tally, right = Counter(r["judgement"] for r in rows), Counter()
     for r, p in zip(rows, pred, strict=True):
         right[r["judgement"]] += p == r["label"]

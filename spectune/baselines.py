@@ -59,7 +59,8 @@ def crf_ner(train: list[Sentence], dev: list[Sentence], test: list[Sentence], c1
 
 def tfidf_classifier(train: list[LabelledText], dev: list[LabelledText], test: list[LabelledText],
                      grid=(0.3, 1.0, 3.0, 10.0)) -> dict:
-    """TF-IDF char 1-3-grams + logistic regression; C picked by dev accuracy."""
+    """TF-IDF char 1-3-grams + logistic regression; C picked by dev accuracy. Also returns the test
+    predictions (bench/label_audit.py reads them per review)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -79,6 +80,7 @@ def tfidf_classifier(train: list[LabelledText], dev: list[LabelledText], test: l
             best = (acc, c, clf)
     _, c, clf = best
     seconds = time.perf_counter() - t0
+    predicted = list(clf.predict(x_test))
     return {"train_seconds": round(seconds, 1), "C": c,
             "dev": classification_report([r.label for r in dev], list(clf.predict(x_dev)), labels),
-            "test": classification_report([r.label for r in test], list(clf.predict(x_test)), labels)}
+            "test": classification_report([r.label for r in test], predicted, labels), "test_labels": predicted}
