@@ -104,8 +104,8 @@ def library() -> ctypes.CDLL | None:
     lib.int8_dequantize.restype = None
     ptrs = ctypes.POINTER(ctypes.c_void_p)
     lib.decode_layers.argtypes = [num, ptr, num, num, num, ptrs, ctypes.c_float, ptrs, ptrs, num, num, num, num, num,
-                                  ptrs, ptrs, ctypes.POINTER(ctypes.c_int), num, ptr, ptr, ptr, ctypes.c_float,
-                                  ptr, num, num]
+                                  ptrs, ptrs, ctypes.POINTER(ctypes.c_int), num, ptr, ptr, ptr, ptr,
+                                  ctypes.c_float, ptr, num, num]
     lib.decode_layers.restype = None
     lib.bf16_pairs.restype = ctypes.c_int
     _LIB = lib
@@ -213,19 +213,21 @@ class StepWeights:
 
 def decode_layers(plan: StepWeights, layers: int, x: torch.Tensor, batch: int, new: int, keys: list, values: list,
                   caps: list[int], past: int, cos: torch.Tensor, sin: torch.Tensor, cols: torch.Tensor | None,
-                  rows: torch.Tensor | None = None) -> None:
+                  rows: torch.Tensor | None = None, tree: torch.Tensor | None = None) -> None:
     """The first `layers` decoder layers over x (B*T, hidden) fp32 in place, writing the step's keys and
     values into the cache buffers keys[l] / values[l] (B, kv_heads, caps[l], D) at columns past..past+T.
     cos, sin (B, T, D) fp32 contiguous (sin's first half negated); cols (B, past+T) uint8 or None.
     rows (m,) int32, optional: a ragged pass, x then (m, hidden) holds only the positions b*T + t listed
-    (the others get zero keys and values, masked)."""
+    (the others get zero keys and values, masked). tree (B, T, T) uint8 contiguous, optional: which
+    positions of the pass each one sees (its ancestors in a tree of drafts, itself included)."""
     assert rows is None or (rows.dtype == torch.int32 and rows.is_contiguous() and x.shape[0] == rows.numel())
+    assert tree is None or (tree.dtype == torch.uint8 and tree.is_contiguous() and tree.shape == (batch, new, new))
     p = plan.shape
     _LIB.decode_layers(layers, x.data_ptr(), batch, new, p["hidden"], plan.norms, p["eps"], plan.weights,
                        plan.scales, plan.kind, p["heads"], p["kv_heads"], p["head_dim"], p["inter"],
                        (ctypes.c_void_p * layers)(*(k.data_ptr() for k in keys)),
                        (ctypes.c_void_p * layers)(*(v.data_ptr() for v in values)), (ctypes.c_int * layers)(*caps),
-                       past, cos.data_ptr(), sin.data_ptr(), _ptr(cols), p["scale"], _ptr(rows),
+                       past, cos.data_ptr(), sin.data_ptr(), _ptr(cols), _ptr(tree), p["scale"], _ptr(rows),
                        rows.numel() if rows is not None else 0, torch.get_num_threads())
 
 

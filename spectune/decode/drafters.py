@@ -17,7 +17,7 @@ import copy
 import torch
 
 from ..errors import SpectuneError
-from . import lean_llama
+from . import lean_llama, lookup_tree
 from .sampling import Sampling, distribution, pick
 
 
@@ -33,8 +33,10 @@ class LookupDrafter:
     bf16 and int8 alike, summarization's and retrieval's more (code editing, where one-token matches
     pay, lost about 3% on the tuning prompts)."""
 
-    def __init__(self, max_ngram: int = 5, min_ngram: int = 2, two_token_drafts: int = 4):
+    def __init__(self, max_ngram: int = 5, min_ngram: int = 2, two_token_drafts: int = 4,
+                 branches: int = lookup_tree.EXTRA):
         self.max_ngram, self.min_ngram, self.two_token_drafts = max_ngram, min_ngram, two_token_drafts
+        self.branches = branches  # tree drafts: at most this many positions beside the chain (0: chains only)
 
     def propose(self, context: list[int], k: int, sampling: Sampling, generator) -> tuple[list[int], None]:
         n_ctx = len(context)
@@ -47,6 +49,12 @@ class LookupDrafter:
                     if follow:
                         return follow, None
         return [], None
+
+    def propose_tree(self, context: list[int], chain: list[int], k: int, room: int) -> tuple[list[int], list[int]]:
+        """`chain` (this drafter's proposal) with the likeliest other continuations the context offers
+        as branches, at most `room` positions of them: (tokens, parents), see lookup_tree.py. The engine
+        asks at batch 1, greedy."""
+        return lookup_tree.grow(context, chain, k, min(room, self.branches))
 
 
 class ModelDrafter:

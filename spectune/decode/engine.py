@@ -23,8 +23,8 @@ import torch
 
 from .. import cpu_kernel
 from ..quantize import weight_bytes, weight_width
-from . import lean_llama, ragged_cache
-from .draft_length import AdaptiveK, CostAwareK, pass_width, row_cost
+from . import lean_llama, lookup_tree, ragged_cache
+from .draft_length import AdaptiveK, CostAwareK, pass_width, row_cost, row_tile
 from .lean_llama import STEP_ROWS  # passes of fewer rows are our kernels' steps; longer ones MKL's, whose bits differ
 from .sampling import Sampling, distribution
 from .speculative import verify
@@ -84,6 +84,7 @@ class Metrics:
     accepted: int = 0
     target_passes: int = 0
     seconds: float = 0.0
+    branch_accepted: int = 0  # accepted tokens on a branch of a tree draft rather than its chain (lookup_tree.py)
     per_position: list[list[int]] = field(default_factory=list)  # [accepted, drafted] per draft position
 
     @property
@@ -98,32 +99,40 @@ class Metrics:
     def as_dict(self) -> dict:
         return {"new_tokens": self.new_tokens, "drafted": self.drafted, "accepted": self.accepted,
                 "acceptance": round(self.acceptance, 4), "target_passes": self.target_passes,
-                "tau": round(self.tau, 3), "seconds": round(self.seconds, 3),
+                "tau": round(self.tau, 3), "seconds": round(self.seconds, 3), "branch_accepted": self.branch_accepted,
                 "per_position_acceptance": [round(a / d, 3) if d else None for a, d in self.per_position]}
 
 
 def forward_batch(model, input_ids: torch.Tensor, mask: torch.Tensor, cache, last_only: bool = False,
-                  hidden: bool = False):
+                  hidden: bool = False, tree: torch.Tensor | None = None):
     """Logits (B, T, V) for input_ids (B, T) appended to `cache`; mask (B, S+T) says which cache
     columns each row attends to; each row's positions count only its own attended columns.
     `last_only`: logits of the last position only, (B, 1, V): a prefill needs no more, and the
     output layer over every prompt position would be the largest product of the pass.
+    `tree` (B, T, T) bool, on our forward only (`takes_trees`): position t of the pass sees position j
+    of it only where tree[b, t, j] (its ancestors in a tree of drafts), and sits at the depth that
+    gives it (lookup_tree.py).
     Returns (logits, final hidden states (B, T, H) if `hidden`, for drafters that read them, else None)."""
     positions = (mask.cumsum(1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]  # (B, T)
     extra = cache_kwargs(model, cache)
     if last_only and "logits_to_keep" in forward_params(model):
         extra["logits_to_keep"] = 1
+    if tree is not None:  # a node's position: the row's attended cache columns plus its depth
+        positions = mask[:, : -input_ids.shape[1]].sum(1, keepdim=True) + tree.sum(-1) - 1  # (B, T)
+        extra["spectune_tree"] = tree
     # A ragged pass (rows verifying different numbers of drafts, padded to the longest) on our
     # forward: the stack computes only the positions fed, and so does the output layer here.
     fed = None if last_only or not lean_llama.installed(model) else lean_llama.fed_rows(mask, *input_ids.shape)
     with final_hidden(model) if hidden else contextlib.nullcontext({}) as box:
-        if fed is None:
+        if fed is None and tree is None:
             return model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          **extra).logits, box.get("hidden")
         out = model.get_decoder()(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                   use_cache=True, **extra)
-    at = fed.long()
     h = out.last_hidden_state  # (B, T, H)
+    if fed is None:
+        return model.get_output_embeddings()(h), box.get("hidden")
+    at = fed.long()
     logits = model.get_output_embeddings()(h.reshape(-1, h.shape[-1])[at])  # (m, V)
     full = logits.new_zeros(h.shape[0] * h.shape[1], logits.shape[-1]).index_copy_(0, at, logits)
     return full.view(*h.shape[:2], -1), box.get("hidden")  # (B, T, V); padding positions' logits are 0
@@ -197,9 +206,12 @@ class Batch:
             self.draft_cost = weight_bytes(drafter.model) / max(weight_bytes(model), 1)
         # A drafter that reads the target's features (a draft head) is handed those of every position kept.
         self.hidden = getattr(drafter, "observes", False)
+        # A drafter that offers a tree (look-up: lookup_tree.py), verified in one pass, on our forward.
+        self.trees = hasattr(drafter, "propose_tree") and lean_llama.takes_trees(model)
         self.ragged = lean_llama.installed(model)  # a pass computes only the positions fed, not the padding
         width = weight_width(model)  # the cost of one more row in a pass, see draft_length.py
-        self.alpha = row_cost(width, bf16_pairs=self.ragged and width < 4 and cpu_kernel.bf16_pairs())
+        pairs = self.ragged and width < 4 and cpu_kernel.bf16_pairs()
+        self.alpha, self.tile = row_cost(width, bf16_pairs=pairs), row_tile(width, bf16_pairs=pairs)
         self.rows: list[Request] = []
         self.cache = None
         self.mask = torch.zeros((0, 0), dtype=torch.long)  # (B, S): which cache columns each row sees
@@ -273,35 +285,61 @@ class Batch:
         if shared:
             cap = pass_width([len(d) for d, _ in plan], acceptance, self.alpha, fixed, self.ragged, STEP_ROWS - 1)
             plan = [(d if f else d[:cap], q) for (d, q), f in zip(plan, fixed, strict=True)]
-        plan = [(d, q[: len(d)] if q is not None else None) for d, q in plan]
-        width = 1 + max(len(d) for d, _ in plan)
+        # (drafts, q, parents of a tree's tokens or None for a chain, the chain's length)
+        plan = [(d, q[: len(d)] if q is not None else None, None, len(d)) for d, q in plan]
+        if self.trees and len(self.rows) == 1 and self.rows[0].fast and wants[0] > 0:
+            # Batch 1, greedy: a few branches beside the chain (lookup_tree.py), in the positions the
+            # kernels multiply together with the chain's anyway (draft_length.row_tile). In a batch a
+            # row's extra positions are no longer nearly free, and chains are kept.
+            r = self.rows[0]
+            chain = plan[0][0]
+            tokens, parents = r.drafter.propose_tree(r.tokens, chain, wants[0], self.tile - 1 - len(chain))
+            plan = [(tokens, None, None if len(tokens) == len(chain) else parents, len(chain))]
+        width = 1 + max(len(d) for d, *_ in plan)
         ids = torch.full((len(self.rows), width), self.pad_id, dtype=torch.long)  # (B, 1 + K)
         new = torch.zeros((len(self.rows), width), dtype=self.mask.dtype)
-        for b, (r, (drafts, _)) in enumerate(zip(self.rows, plan, strict=True)):
+        for b, (r, (drafts, *_)) in enumerate(zip(self.rows, plan, strict=True)):
             ids[b, : 1 + len(drafts)] = torch.tensor([r.last, *drafts])
             new[b, : 1 + len(drafts)] = 1
+        tree = _tree_mask(plan, width)
         self.mask = torch.cat([self.mask, new], 1)
-        logits, hidden = forward_batch(self.model, ids, self.mask, self.cache, hidden=self.hidden)  # (B, 1 + K, V/H)
+        logits, hidden = forward_batch(self.model, ids, self.mask, self.cache, hidden=self.hidden,
+                                       tree=tree)  # (B, 1 + K, V/H)
         best = logits.argmax(-1).tolist()  # (B, 1 + K)
         events, keep = [], []
-        for b, (r, (drafts, q)) in enumerate(zip(self.rows, plan, strict=True)):
+        start = self.mask.shape[1] - width  # the pass's first column in the cache
+        for b, (r, (drafts, q, parents, chain)) in enumerate(zip(self.rows, plan, strict=True)):
             m = r.metrics
             m.target_passes += 1
-            n_ok, nxt = r._pick(logits[b], best[b], drafts, q)
+            depth = len(drafts)  # the longest run of drafts this pass could accept
+            if parents is None:
+                n_ok, nxt = r._pick(logits[b], best[b], drafts, q)
+                accepted, chain_ok = drafts[:n_ok], n_ok
+            else:  # a tree: the accepted branch's columns move up behind `last`, where a chain's are
+                path, nxt = lookup_tree.accept(drafts, parents, best[b])
+                n_ok, accepted = len(path), [drafts[i - 1] for i in path]
+                depth = max(len(seen) for seen in lookup_tree.ancestors(parents)) - 1
+                chain_ok = 0
+                while chain_ok < min(n_ok, chain) and path[chain_ok] == chain_ok + 1:
+                    chain_ok += 1
+                if path != list(range(1, n_ok + 1)):
+                    ragged_cache.move_columns(self.cache, b, start, path)
+                if n_ok > chain_ok:
+                    m.branch_accepted += n_ok - chain_ok
             keep.append(1 + n_ok)  # `last` and the accepted drafts stay in the cache
             if hidden is not None:
                 r.drafter.observe(hidden[b, : 1 + n_ok])
             if drafts:
-                m.drafted += len(drafts)
+                m.drafted += len(drafts)  # every position verified, a tree's branches too
                 m.accepted += n_ok
-                while len(m.per_position) < len(drafts):
+                while len(m.per_position) < depth:
                     m.per_position.append([0, 0])
-                for i in range(len(drafts)):
+                for i in range(depth):
                     m.per_position[i][1] += 1
                     m.per_position[i][0] += int(i < n_ok)
-                if r.plan:
-                    r.plan.update(len(drafts), n_ok)
-            events.append((r, r._emit(drafts[:n_ok], nxt)))
+                if r.plan:  # the draft length follows the chain; branches are extras beside it
+                    r.plan.update(chain, chain_ok)
+            events.append((r, r._emit(accepted, nxt)))
         self.cache, self.mask = ragged_cache.crop(self.cache, self.mask, keep, width)
         self._drop_finished()
         return events
@@ -320,6 +358,21 @@ class Batch:
         # Columns no row attends to (rejected drafts, a departed row's long prompt) still cost attention.
         if self.mask.shape[1] > 32 and ragged_cache.holes(self.mask) > 0.25:
             self.cache, self.mask = ragged_cache.compact(self.cache, self.mask)
+
+
+def _tree_mask(plan: list, width: int) -> torch.Tensor | None:
+    """(B, W, W) bool, which positions of the pass each one sees, when a row verifies a tree; None
+    when every row verifies a chain (causal). Padding positions see themselves only."""
+    if all(parents is None for _, _, parents, _ in plan):
+        return None
+    tree = torch.eye(width, dtype=torch.bool).repeat(len(plan), 1, 1)  # (B, W, W)
+    for b, (drafts, _, parents, _) in enumerate(plan):
+        if parents is None:
+            tree[b, : 1 + len(drafts), : 1 + len(drafts)] = torch.ones(1 + len(drafts), 1 + len(drafts)).tril().bool()
+            continue
+        for t, seen in enumerate(lookup_tree.ancestors(parents)):
+            tree[b, t, seen] = True
+    return tree
 
 
 def decode(model, prompt: list[int], *, sampling: Sampling = GREEDY, max_new_tokens: int = 128,

@@ -22,6 +22,10 @@ its rotary embedding module (every RoPE scaling variant) and its output layer, a
 stack's own forward returns. A call that asks for hidden states or attentions, or a module in
 training, goes to transformers' forward.
 
+A pass may verify a tree of drafts (lookup_tree.py): the keyword `spectune_tree` (B, T, T) says which
+of the pass's own positions each one attends to (its ancestors); the kernel masks the rest (step.c),
+the torch path builds it into its mask (`_mask`).
+
 What it takes: model_type llama or mistral with no attention or MLP biases, SiLU gate, standard
 attention scaling, no sliding window; `supported(model)` says whether a model qualifies, others keep
 transformers' forward.
@@ -172,10 +176,11 @@ def fed_rows(attention_mask, batch: int, new: int) -> torch.Tensor | None:
 
 
 def _step(stack, x: torch.Tensor, cache, attention_mask, batch: int, new: int, past: int, cos, sin,
-          fed: torch.Tensor | None = None) -> bool:
+          fed: torch.Tensor | None = None, tree: torch.Tensor | None = None) -> bool:
     """A decoding step's layers in one call into our kernel (step.c), x (B*T, H) fp32 updated in place,
-    or (m, H), the m positions `fed` lists; False, nothing done, where it cannot take it (a cache
-    without per-layer keys, a mask of another width)."""
+    or (m, H), the m positions `fed` lists; `tree` (B, T, T) bool: which positions of the pass each
+    sees (a tree of drafts); False, nothing done, where it cannot take it (a cache without per-layer
+    keys, a mask of another width)."""
     weights = stack.__dict__["_lean_step"]
     depth = stack.config.num_hidden_layers
     layers = cache.layers[:depth]
@@ -193,15 +198,18 @@ def _step(stack, x: torch.Tensor, cache, attention_mask, batch: int, new: int, p
                 layer.update(empty, empty)
     rooms = [_room(layer, new) for layer in layers]
     cpu_kernel.decode_layers(weights, depth, x, batch, new, [r[0] for r in rooms], [r[1] for r in rooms],
-                             [r[0].shape[-2] for r in rooms], past, cos.contiguous(), sin.contiguous(), cols, fed)
+                             [r[0].shape[-2] for r in rooms], past, cos.contiguous(), sin.contiguous(), cols, fed,
+                             None if tree is None else tree.to(torch.uint8).contiguous())
     for layer, (kbuf, vbuf, n) in zip(layers, rooms, strict=True):
         _commit(layer, kbuf, vbuf, n + new)
     return True
 
 
-def _mask(attention_mask: torch.Tensor | None, batch: int, new: int, total: int) -> torch.Tensor | None:
-    """Boolean (B, 1, T, S+T): row b's query t sees the attended cache columns up to its own.
-    None when every column is attended and one token is fed (nothing to hide)."""
+def _mask(attention_mask: torch.Tensor | None, batch: int, new: int, total: int,
+          tree: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Boolean (B, 1, T, S+T): row b's query t sees the attended cache columns up to its own, and of
+    the pass's own columns only its ancestors where `tree` (B, T, T) says which. None when every
+    column is attended and one token is fed (nothing to hide)."""
     # (Under torch.compile a data-dependent test would split the graph: the mask is always built.)
     if attention_mask is not None and not torch.compiler.is_compiling() and bool(attention_mask.all()):
         attention_mask = None
@@ -209,9 +217,15 @@ def _mask(attention_mask: torch.Tensor | None, batch: int, new: int, total: int)
         return None
     past = total - new
     causal = torch.ones(new, total, dtype=torch.bool).tril(past)  # (T, S+T)
+    if tree is not None:
+        causal = causal[None].repeat(batch, 1, 1)  # (B, T, S+T)
+        causal[:, :, past:] &= tree.bool()
+        causal = causal[:, None]  # (B, 1, T, S+T)
+    else:
+        causal = causal[None, None]
     if attention_mask is None:
-        return causal[None, None]
-    mask = causal[None, None] & attention_mask[:, None, None, :].bool()
+        return causal
+    mask = causal & attention_mask[:, None, None, :].bool()
     # A padding query (left padding of a prompt) may see nothing at all; let it see itself so SDPA
     # gives numbers rather than NaN. Its output is never read.
     mask[..., torch.arange(new), torch.arange(past, total)] = True
@@ -240,6 +254,7 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
     from transformers.modeling_outputs import BaseModelOutputWithPast
 
     cache = cache if cache is not None else past_key_values
+    tree = kwargs.pop("spectune_tree", None)  # (B, T, T) bool: a tree of drafts' ancestors (engine.forward_batch)
     if kwargs.get("output_hidden_states") or kwargs.get("output_attentions") or stack.training:
         # Not a decoding step: transformers' own forward, which returns what was asked for.
         return type(stack).forward(stack, input_ids=input_ids, attention_mask=attention_mask,
@@ -269,13 +284,13 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
     if step:
         rows = x.reshape(batch * new, -1).float()  # (B*T, H), or the m rows fed: ours to update in place
         rows = rows.clone() if fed is None else rows[fed.long()]
-        if _step(stack, rows, cache, attention_mask, batch, new, past, cos, sin, fed):
+        if _step(stack, rows, cache, attention_mask, batch, new, past, cos, sin, fed, tree):
             if fed is not None:  # padding positions: zero hidden states (their logits are never read)
                 rows = rows.new_zeros(batch * new, rows.shape[1]).index_copy_(0, fed.long(), rows)
             return BaseModelOutputWithPast(last_hidden_state=stack.norm(rows.view(batch, new, -1).to(x.dtype)),
                                            cache=cache)
     cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D)
-    mask = _mask(attention_mask, batch, new, past + new)
+    mask = _mask(attention_mask, batch, new, past + new, tree)
     for i, (n1, qkv, o_proj, n2, gate_up, down, shape) in enumerate(stack.__dict__["_lean_plan"][:depth]):
         heads, kv_heads, head_dim, inter, eps1, eps2 = shape
         y = _project(_rms(x, n1, eps1), qkv)  # (B, T, (heads + 2 kv_heads) D)
@@ -351,6 +366,12 @@ def install(model) -> bool:
 def installed(model) -> bool:
     """Whether the model's decoder stack runs this forward."""
     return "_lean_plan" in getattr(getattr(model, "model", None), "__dict__", {})
+
+
+def takes_trees(model) -> bool:
+    """Whether a pass may verify a tree of drafts (`spectune_tree`): our forward, not compiled over
+    (every new tree shape would be a new graph)."""
+    return installed(model) and not model.model.__dict__.get("_spectune_compiled")
 
 
 def rebind(original, copy) -> None:

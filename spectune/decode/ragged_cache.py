@@ -74,6 +74,17 @@ def crop(cache, mask: torch.Tensor, keep: list[int], fed: int):
     return cache, mask
 
 
+def move_columns(cache, b: int, start: int, path: list[int]) -> None:
+    """Row b's columns start + path[j] copied to start + 1 + j, in place: a tree of drafts' accepted
+    branch (pass positions `path`, in order) moved up behind the pass's first token, where a chain's
+    accepted drafts would be; `crop` then keeps them. Their keys were computed at their own depth, so
+    they are what a chain pass would have written there."""
+    source = torch.tensor(path, dtype=torch.long) + start
+    for layer in _layers(cache):
+        layer.keys[b, :, start + 1:start + 1 + len(path)] = layer.keys[b, :, source]
+        layer.values[b, :, start + 1:start + 1 + len(path)] = layer.values[b, :, source]
+
+
 def holes(mask: torch.Tensor) -> float:
     """Fraction of the cache's columns that the longest row does not use."""
     used = int(mask.sum(1).max())

@@ -12,11 +12,15 @@
  * [past, past + T). cos and sin (B, T, D) are RoPE's tables with sin's first half negated
  * (rotate_half(x) * sin == roll(x, D/2) * that), as the Python forward uses them. `cols` (B, past + T),
  * optional: 1 where a column may be attended (left padding, masked rejected drafts); query t of row
- * b always sees its own column and never one after it.
+ * b always sees its own column and never one after it. `tree` (B, T, T), optional: a pass verifying
+ * a tree of drafts (several candidate continuations at once, decode/lookup_tree.py), laid out
+ * parents first; tree[b][t][j] is 1 where position j of the pass is t's ancestor (or t itself):
+ * query t sees the cache and its own branch, not its siblings'.
  *
  * Exactness: each (row, head, query) is computed by the same operations in the same order whatever
  * T, B or the thread, like the products, so a verification pass of k+1 tokens gives the logits k+1
- * one-token steps give, bit for bit (tested), and speculative output equals plain output.
+ * one-token steps give, bit for bit (tested), and speculative output equals plain output. So does
+ * a tree pass: another branch's columns are masked, and a masked column adds exact zeros (exp_sum).
  */
 #include <math.h>
 #include <stdint.h>
@@ -172,9 +176,9 @@ static inline float exp_sum(float *scores, int n, float top) {
 
 /* out (m, H*D): softmax(q k^T * scale) v for every (row, head, query), grouped-query heads sharing
  * their key/value head. Each (row, head, query) is one task, its columns in order. */
-static void attend(const float *q, const float *kbuf, const float *vbuf, const uint8_t *cols, float *out,
-                   float scale, int b_n, int t_n, int heads, int kv, int d, int cap, int past, const int *rows,
-                   int m, int threads) {
+static void attend(const float *q, const float *kbuf, const float *vbuf, const uint8_t *cols,
+                   const uint8_t *tree, float *out, float scale, int b_n, int t_n, int heads, int kv, int d,
+                   int cap, int past, const int *rows, int m, int threads) {
     int total = past + t_n, group = heads / kv;
     #pragma omp parallel num_threads(threads)
     {
@@ -186,6 +190,7 @@ static void attend(const float *q, const float *kbuf, const float *vbuf, const u
             const float *keys = kbuf + ((size_t)b * kv + h / group) * cap * d;
             const float *vals = vbuf + ((size_t)b * kv + h / group) * cap * d;
             const uint8_t *seen = cols ? cols + (size_t)b * total : NULL;
+            const uint8_t *branch = tree ? tree + ((size_t)b * t_n + t) * t_n : NULL;  /* (T,): its ancestors */
             int last = past + t;  /* its own column: the last it may see */
             float top = -INFINITY;
             int c = 0;
@@ -210,10 +215,11 @@ static void attend(const float *q, const float *kbuf, const float *vbuf, const u
 #endif
                 if (scores[c] > top) top = scores[c];
             }
-            if (seen) {  /* masked columns (never its own) count for nothing; the maximum among the rest */
+            if (seen || branch) {  /* masked columns (never its own) count for nothing; the maximum among the rest */
                 top = -INFINITY;
                 for (c = 0; c <= last; c++) {
-                    if (!seen[c] && c != last) scores[c] = -INFINITY;
+                    int hidden = (seen && !seen[c]) || (branch && c >= past && !branch[c - past]);
+                    if (hidden && c != last) scores[c] = -INFINITY;
                     else if (scores[c] > top) top = scores[c];
                 }
             }
@@ -263,7 +269,8 @@ static void attend(const float *q, const float *kbuf, const float *vbuf, const u
 void decode_layers(int layers, float *x, int b_n, int t_n, int hidden, const float *const *norms, float eps,
                    const void *const *w, const float *const *s, int kind, int heads, int kv, int d, int inter,
                    float *const *keys, float *const *values, const int *caps, int past, const float *cos,
-                   const float *sin, const uint8_t *cols, float scale, const int *rows, int fed, int threads) {
+                   const float *sin, const uint8_t *cols, const uint8_t *tree, float scale, const int *rows, int fed,
+                   int threads) {
     int m = rows ? fed : b_n * t_n, qkv_w = (heads + 2 * kv) * d;
     int widest = qkv_w > 2 * inter ? qkv_w : 2 * inter;
     float *normed = malloc(sizeof(float) * (size_t)m * hidden);
@@ -275,7 +282,7 @@ void decode_layers(int layers, float *x, int b_n, int t_n, int hidden, const flo
         rmsnorm_rows(x, norms[2 * l], eps, normed, m, hidden);
         product_of_kind(kind, normed, w[4 * l], s[4 * l], wide, m, hidden, qkv_w, 0, threads);
         rope_append(wide, cos, sin, q, keys[l], values[l], b_n, t_n, heads, kv, d, caps[l], past, rows, m);
-        attend(q, keys[l], values[l], cols, att, scale, b_n, t_n, heads, kv, d, caps[l], past, rows, m, threads);
+        attend(q, keys[l], values[l], cols, tree, att, scale, b_n, t_n, heads, kv, d, caps[l], past, rows, m, threads);
         product_of_kind(kind, att, w[4 * l + 1], s[4 * l + 1], x, m, heads * d, hidden, 1, threads);
         rmsnorm_rows(x, norms[2 * l + 1], eps, normed, m, hidden);
         product_of_kind(kind, normed, w[4 * l + 2], s[4 * l + 2], wide, m, hidden, 2 * inter, 0, threads);
