@@ -4,7 +4,8 @@ Prompt set: bench/prompts.jsonl (bench/make_prompts.py), 8 prompts in each of se
 (multi-turn), translation, math (open-ended), summarization, passage QA, retrieval-augmented answer,
 code editing (grounded in their input). Per dtype (fp32, bf16, and int8 = our --quantize int8)
 and prompt, rows: transformers `generate` (the reference), transformers with prompt look-up
-(`prompt_lookup_num_tokens=10`), our engine plain, with prompt look-up, and with the target's
+(`prompt_lookup_num_tokens=10`), our engine plain, with prompt look-up (with its tree drafts, and
+as chains alone: `lookup-chain`), and with the target's
 first N layers as draft, and each --draft-run (a distilled draft; a draft head also untrained, `@init`,
 for before/after); with --compile also our engine on a compiled copy of the model
 (`--compile`), plain and with look-up. Our rows run on a second copy of the model with our decoding
@@ -61,7 +62,10 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
     lean = lean_llama.install(ours_model)
     eos = {tok.eos_token_id}
     rows, outs = [], {}
+    from spectune.decode.drafters import LookupDrafter
+
     drafters = {"lookup": make_drafter("lookup", ours_model),
+                "lookup-chain": LookupDrafter(branches=0),  # look-up without tree drafts (lookup_tree.py)
                 f"layers:{a.layers}": make_drafter(f"layers:{a.layers}", ours_model)}
     for name, run in draft_runs(a.draft_run):  # drafts distilled for this target (`spectune distill`)
         drafters[name] = make_drafter(run, ours_model, a.model)
@@ -105,8 +109,9 @@ def run_dtype(a, tok, dtype: str, prompts: list[dict]) -> tuple[list[dict], dict
                 ours(None, target=fast)
         decoders = [("transformers", hf), ("transformers+lookup", lambda: hf(prompt_lookup_num_tokens=10)),
                     ("ours", lambda: ours(None)), ("ours+lookup", lambda: ours("lookup")),
+                    ("ours+lookup-chain", lambda: ours("lookup-chain")),
                     (f"ours+layers:{a.layers}", lambda: ours(f"layers:{a.layers}"))]
-        trained = [d for d in drafters if d != "lookup" and not d.startswith("layers:")]
+        trained = [d for d in drafters if not d.startswith(("lookup", "layers:"))]
         decoders += [(f"ours+{d}", lambda d=d: ours(d)) for d in trained]
         if fast is not None:
             decoders += [("ours compiled", lambda: ours(None, target=fast)),

@@ -4,8 +4,11 @@ over the target's own greedy text.
 The target (SmolLM2-135M, bf16, our engine) answers the prompts bench/decode.py does not time
 (prompts 2-7 of each kind); each answer is then replayed pass by pass: at each pass a drafter
 proposes up to K tokens from the context (prompt + answer so far), the longest prefix equal to the
-answer is accepted, and the target's token follows, as greedy verification does. Two drafters:
-- `lookup`: spectune's LookupDrafter (decode/drafters.py), as the engine calls it;
+answer is accepted, and the target's token follows, as greedy verification does. Three drafters:
+- `lookup`: spectune's LookupDrafter (decode/drafters.py) proposing chains;
+- `tree`: the same chain with its tree drafts (decode/lookup_tree.py: up to 2 branch positions, within
+  the 6 positions of the kernels' bf16 tile), verified along whichever branch the answer takes, every
+  position charged;
 - `oracle`: every earlier occurrence of each 1- to 5-gram ending the context is a candidate, and the
   pass takes the one with the longest accepted run, as if all candidates were verified at once
   (tree verification) and only the winning path cost anything: no look-up drafter can do better.
@@ -66,17 +69,27 @@ def replay(runs, k: int, alpha: float) -> dict:
     from spectune.decode.engine import GREEDY
 
     lookup = LookupDrafter()
-    totals = defaultdict(lambda: {"tokens": 0, "lookup": [0, 0.0], "oracle": [0, 0.0]})
+    from spectune.decode import lookup_tree
+    from spectune.decode.draft_length import row_tile
+
+    tile = row_tile(2, bf16_pairs=True)
+    names = ("lookup", "tree", "oracle")
+    totals = defaultdict(lambda: {"tokens": 0, **{name: [0, 0.0] for name in names}})
     for kind, prompt, answer in runs:
         t = totals[kind]
         t["tokens"] += len(answer)
-        for name in ("lookup", "oracle"):
+        for name in names:
             pos = 0
             while pos < len(answer):
                 context, room = prompt + answer[:pos], min(k, len(answer) - pos - 1)
-                if name == "lookup":
+                if name in ("lookup", "tree"):
                     drafts, _ = lookup.propose(context, room, GREEDY, None)
                     n, width = accepted(drafts, answer, pos), len(drafts)
+                    if name == "tree" and room:
+                        tokens, parents = lookup.propose_tree(context, drafts, room, tile - 1 - len(drafts))
+                        depth = [len(seen) - 1 for seen in lookup_tree.ancestors(parents)]  # per pass position
+                        best = [answer[pos + d] if pos + d < len(answer) else -1 for d in depth]
+                        n, width = len(lookup_tree.accept(tokens, parents, best)[0]), len(tokens)
                 else:
                     n = oracle(context, answer, pos, room) if room else 0
                     width = n  # only the winning path is charged: a bound
@@ -84,8 +97,8 @@ def replay(runs, k: int, alpha: float) -> dict:
                 t[name][1] += 1 + alpha * width
                 pos += n + 1
     return {kind: {"tokens": t["tokens"],
-                   **{f"{name} tau": round(t["tokens"] / t[name][0], 3) for name in ("lookup", "oracle")},
-                   **{f"{name} step speed-up": round(t["tokens"] / t[name][1], 3) for name in ("lookup", "oracle")}}
+                   **{f"{name} tau": round(t["tokens"] / t[name][0], 3) for name in names},
+                   **{f"{name} step speed-up": round(t["tokens"] / t[name][1], 3) for name in names}}
             for kind, t in totals.items()}
 
 
@@ -103,10 +116,12 @@ def main() -> int:
         by_kind[p["kind"]].append(p)
     chosen = [p for kind in by_kind.values() for p in kind[2:8]]  # the prompts bench/decode.py does not time
     result = replay(answers(tok, chosen), a.k, alpha=0.085)
-    print(f"{'kind':14} {'tokens':>6} {'lookup tau':>10} {'oracle tau':>10} {'lookup x':>9} {'oracle x':>9}")
+    names = ("lookup", "tree", "oracle")
+    print(f"{'kind':14} {'tokens':>6} " + " ".join(f"{n + ' tau':>10}" for n in names) + " "
+          + " ".join(f"{n + ' x':>9}" for n in names))
     for kind, r in result.items():
-        print(f"{kind:14} {r['tokens']:6d} {r['lookup tau']:10.2f} {r['oracle tau']:10.2f} "
-              f"{r['lookup step speed-up']:9.2f} {r['oracle step speed-up']:9.2f}")
+        print(f"{kind:14} {r['tokens']:6d} " + " ".join(f"{r[n + ' tau']:10.2f}" for n in names) + " "
+              + " ".join(f"{r[n + ' step speed-up']:9.2f}" for n in names))
     Path(a.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "k": a.k, "alpha": 0.085,
                                         "kinds": result}, indent=1))
     return 0
