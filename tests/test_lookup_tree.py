@@ -37,6 +37,37 @@ def test_look_up_offers_the_other_continuation_of_its_n_gram_as_a_branch():
     assert lookup_tree.grow([5, 1, 5, 2, 5, 3, 5, 4, 5, 6, 5, 6, 5, 6, 5], [], 4) == ([6, 5], [0, 1])
 
 
+def reference_propose(context, k, max_ngram=5, min_ngram=2, two_token_drafts=4):
+    """Look-up by scanning the whole context (what LookupDrafter did before its index)."""
+    n_ctx = len(context)
+    for n in range(min(max_ngram, n_ctx - 1), min_ngram - 1, -1):
+        tail = context[n_ctx - n:]
+        for start in range(n_ctx - n - 1, -1, -1):
+            if context[start:start + n] == tail:
+                follow = context[start + n:start + n + (min(k, two_token_drafts) if n <= 2 else k)]
+                if follow:
+                    return follow
+    return []
+
+
+@pytest.mark.parametrize("settings", [{}, {"max_ngram": 3, "min_ngram": 1}, {"max_ngram": 7}])
+def test_the_indexed_look_up_drafts_what_a_scan_of_the_context_finds(settings):
+    import random
+
+    rng = random.Random(0)
+    for trial in range(40):
+        drafter = LookupDrafter(**settings)  # one row: its context grows, the index follows it
+        context = [rng.randrange(6) for _ in range(rng.randrange(1, 12))]
+        for _ in range(30):
+            for k in (1, 3, 8):
+                got, _ = drafter.propose(context, k, GREEDY, None)
+                assert got == reference_propose(context, k, **settings), (trial, context, k)
+            context += [rng.randrange(6) for _ in range(rng.randrange(1, 4))]  # extended in place
+        # another list (another request) is indexed afresh
+        other = [9, 1, 2, 9, 1]
+        assert drafter.propose(other, 4, GREEDY, None)[0] == reference_propose(other, 4, **settings)
+
+
 def test_a_tree_is_verified_along_the_branch_the_target_takes():
     tokens, parents = [7, 8, 3, 4], [0, 1, 0, 3]  # chain 7 8; branch 3 4 off the row's last token
     best_on_branch = [3, 0, 0, 4, 11]  # the target's argmax at pass positions 0..4
