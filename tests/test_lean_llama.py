@@ -382,3 +382,31 @@ def test_on_an_avx512_cpu_without_bf16_pairs_products_widen_the_weights_and_stay
             out[id(r)] += tokens
     assert [out[id(r)] for r in requests] == [[t for c in decode(model, p, max_new_tokens=16) for t in c]
                                               for p in PROMPTS]
+
+
+def test_a_whole_prompt_runs_causal_attention_without_a_mask_and_a_padded_one_with_it(monkeypatch):
+    """SDPA's is_causal (its flash kernel) for a first pass over unpadded prompts; an explicit mask
+    where padding or a cache makes attention more than causal."""
+    model = sharp_llama()
+    assert lean_llama.install(model)
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kw):
+        seen.append((attn_mask is None, is_causal))
+        return real(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
+
+    monkeypatch.setattr(lean_llama.F, "scaled_dot_product_attention", spy)
+    from transformers import DynamicCache
+
+    prompt = [(7 * i) % 97 + 1 for i in range(40)]  # 40 rows: a prompt pass (SDPA), not a kernel step
+    with torch.no_grad():
+        ids, mask = left_pad([prompt], 0)
+        ours, _ = forward_batch(model, ids, mask, DynamicCache(config=model.config))
+        assert set(seen) == {(True, True)}
+        seen.clear()
+        ids, mask = left_pad([prompt, prompt[:30]], 0)  # the second row is left-padded
+        padded, _ = forward_batch(model, ids, mask, DynamicCache(config=model.config))
+        assert set(seen) == {(False, False)}
+    torch.testing.assert_close(ours[0], padded[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours[0, :30], padded[1, 10:], rtol=1e-5, atol=1e-5)  # its 30 tokens, behind 10 pads

@@ -290,7 +290,12 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
             return BaseModelOutputWithPast(last_hidden_state=stack.norm(rows.view(batch, new, -1).to(x.dtype)),
                                            cache=cache)
     cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D)
-    mask = _mask(attention_mask, batch, new, past + new, tree)
+    # A first pass over whole prompts (no cache, no padding, no tree) is plain causal attention: SDPA's
+    # is_causal runs its flash kernel, where an explicit mask makes it build every (T, T) score
+    # matrix (a 3,000-token fp32 prompt: 8.6 s with the mask, transformers 6.3 s).
+    is_causal = (past == 0 and new > 1 and tree is None and (attention_mask is None or (
+        not torch.compiler.is_compiling() and bool(attention_mask.all()))))
+    mask = None if is_causal else _mask(attention_mask, batch, new, past + new, tree)
     for i, (n1, qkv, o_proj, n2, gate_up, down, shape) in enumerate(stack.__dict__["_lean_plan"][:depth]):
         heads, kv_heads, head_dim, inter, eps1, eps2 = shape
         y = _project(_rms(x, n1, eps1), qkv)  # (B, T, (heads + 2 kv_heads) D)
@@ -302,7 +307,8 @@ def _forward(stack, input_ids=None, attention_mask=None, position_ids=None, cach
         v = y[..., (heads + kv_heads) * head_dim:].view(batch, new, kv_heads, head_dim).transpose(1, 2).float()
         if cache is not None:  # (B, kv_heads, S+T, D)
             k, v = cache.update(k, v, i) if compiling else _append(cache.layers[i], k, v)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=kv_heads != heads)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                             enable_gqa=kv_heads != heads)
         att = att.transpose(1, 2).reshape(batch, new, heads * head_dim)  # (B, T, heads D)
         x = x + _project(att.to(x.dtype), o_proj)
         g = _project(_rms(x, n2, eps2), gate_up)  # (B, T, 2 I)
