@@ -207,7 +207,8 @@ class Batch:
         # A drafter that reads the target's features (a draft head) is handed those of every position kept.
         self.hidden = getattr(drafter, "observes", False)
         # A drafter that offers a tree (look-up: lookup_tree.py), verified in one pass, on our forward.
-        self.trees = hasattr(drafter, "propose_tree") and lean_llama.takes_trees(model)
+        # (Not for one that reads the target's features: it is handed the kept positions in order.)
+        self.trees = hasattr(drafter, "propose_tree") and not self.hidden and lean_llama.takes_trees(model)
         self.ragged = lean_llama.installed(model)  # a pass computes only the positions fed, not the padding
         width = weight_width(model)  # the cost of one more row in a pass, see draft_length.py
         pairs = self.ragged and width < 4 and cpu_kernel.bf16_pairs()
