@@ -69,8 +69,7 @@ class LookupDrafter:
         extra = min(room, self.branches)
         if extra <= 0 or len(context) < 2:
             return list(chain), list(range(len(chain)))
-        occurrences = [(s, min(n, lookup_tree.MAX_NGRAM)) for s, n in self._matches(context)]
-        return lookup_tree.grow(context, chain, k, extra, occurrences=occurrences)
+        return lookup_tree.grow(context, chain, k, extra, occurrences=self._matches(context))
 
 
 class ModelDrafter:

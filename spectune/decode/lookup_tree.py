@@ -60,7 +60,7 @@ class _Node:
 
     def chance(self, child: _Node, depth: int) -> float:
         """P(the target's text continues with `child` | it reached this node), see the module's docstring."""
-        n = max(m for _, m in child.occ) + depth
+        n = min(max(m for _, m in child.occ), MAX_NGRAM) + depth
         return len(child.occ) / len(self.occ) * _confidence(n)
 
 
@@ -104,14 +104,14 @@ def grow(context: list[int], chain: list[int], k: int, extra: int = EXTRA, thres
          occurrences: list[tuple[int, int]] | None = None) -> tuple[list[int], list[int]]:
     """(tokens, parents): `chain` (the look-up drafter's proposal, at most k tokens) followed by at most
     `extra` branch tokens, each on a path no deeper than k; parents as pass positions (see above).
-    `occurrences`: the context's, if the caller has them (Occurrences), with MAX_NGRAM."""
+    `occurrences`: the context's, if the caller has them (Occurrences; matches past MAX_NGRAM count as it)."""
     parents = list(range(len(chain)))  # the chain: each token's parent is the position before it
     if extra <= 0 or k <= 0 or len(context) < 2:
         return list(chain), parents
     root = _Node(context[-1], occurrences if occurrences is not None else Occurrences()(context))
     if not root.occ:
         return list(chain), parents
-    heap: list = []  # (-probability, tie, node, its parent node, depth, parent's pass position)
+    heap: list = []  # (-probability, tie, node, its depth, its parent's pass position)
     tie = 0
 
     def offer(parent: _Node, depth: int, p: float, at: int, skip: int | None) -> None:
